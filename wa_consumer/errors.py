@@ -48,9 +48,19 @@ class TopologyMismatch(WaConsumerError):
 class InvalidMessage(WaConsumerError):
     """The message can never be sent as is; ``where`` points at the offending field."""
 
-    def __init__(self, reason: str, where: str = "") -> None:
+    def __init__(
+        self,
+        reason: str,
+        where: str = "",
+        *,
+        tenant_id: str | None = None,
+        internal_id: str | None = None,
+    ) -> None:
         self.reason = reason
         self.where = where
+        # Whatever ids could be read before the error, for the DLQ headers and logs.
+        self.tenant_id = tenant_id
+        self.internal_id = internal_id
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
