@@ -1,0 +1,225 @@
+"""The Cloud API client: one aiohttp session, one POST per message, errors made ours.
+
+Every failure leaves as a ``GraphApiError`` (Meta, or a proxy in front of it, answered) or a
+``GraphTransportError`` (no usable answer), with ``maybe_sent`` telling whether the request
+may have reached Meta. The access token is only ever put in the request's header: error
+texts are built here from ids, statuses and Meta's message, and are scrubbed of the token
+in case a proxy echoes it back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final, NamedTuple
+
+import aiohttp
+import orjson
+
+from .errors import GraphApiError, GraphError, GraphTransportError
+
+#: Bound on error text kept from an answer (it ends up in headers and the ledger).
+MAX_ERROR_BYTES: Final = 1024
+#: How much of a non-JSON body is quoted in the error message.
+BODY_EXCERPT_CHARS: Final = 200
+#: Bound on the per-number URL cache; a daemon sends from a few numbers per tenant.
+_URL_CACHE_SIZE: Final = 4096
+_CONTENT_TYPE: Final = "application/json"
+_USER_AGENT: Final = "wa-consumer"
+_NOT_JSON: Final = object()
+
+
+def make_session(*, limit: int, timeout: float) -> aiohttp.ClientSession:
+    """The one HTTP session of the process, its pool sized to the messages in flight.
+
+    ``limit`` is the prefetch: more connections than messages in flight are never needed,
+    and they go to one host (two with the tenant service). No cookie jar: the Cloud API is
+    stateless and cookies would only cost a lookup per request. The connect timeout is
+    shorter than the total so that a slow connect (nothing sent, safe to retry) is told
+    apart from a slow answer (ambiguous).
+    """
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=timeout, connect=min(timeout / 2, 10.0), sock_read=timeout
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": _USER_AGENT},
+        raise_for_status=False,
+    )
+
+
+class SendResult(NamedTuple):
+    """Meta accepted the message: its ``wamid`` (empty for read receipts and typing)."""
+
+    wamid: str
+    status: int
+    latency_ms: float
+    message_status: str | None
+
+
+class GraphClient:
+    """Sends Cloud API request bodies, as given, from a tenant's phone number."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, version: str) -> None:
+        self._session = session
+        self._prefix = f"{base_url.rstrip('/')}/{version.strip('/')}/"
+        self._urls: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"GraphClient({self._prefix!r})"
+
+    def url_for(self, phone_number_id: str) -> str:
+        """``{base}/{version}/{phone_number_id}/messages``, built once per number."""
+        url = self._urls.get(phone_number_id)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[phone_number_id] = f"{self._prefix}{phone_number_id}/messages"
+        return url
+
+    async def send(self, phone_number_id: str, access_token: str, payload: bytes) -> SendResult:
+        """POST ``payload`` (JSON bytes) and return the wamid, or raise a ``GraphError``."""
+        url = self.url_for(phone_number_id)
+        headers = {"Authorization": "Bearer " + access_token, "Content-Type": _CONTENT_TYPE}
+        started = time.perf_counter()
+        try:
+            async with self._session.post(url, data=payload, headers=headers) as resp:
+                body = await resp.read()
+                status = resp.status
+        except aiohttp.ClientResponseError as exc:
+            # Its repr carries request_info, whose headers hold the token: do not chain it.
+            # Raised below, outside this block, so that it is not even the __context__.
+            error: GraphError = _transport(exc, access_token)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport(exc, access_token) from exc
+        else:
+            latency_ms = (time.perf_counter() - started) * 1000
+            if 200 <= status < 300:
+                result = _accepted(body, status, latency_ms)
+                if result is not None:
+                    return result
+            raise _api_error(status, body, access_token)
+        raise error
+
+
+def _accepted(body: bytes, status: int, latency_ms: float) -> SendResult | None:
+    """The result of a 2xx answer that carries ``messages[0].id``, else None."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        first = messages[0]
+        wamid = first.get("id")
+        if isinstance(wamid, str) and wamid:
+            message_status = first.get("message_status")
+            return SendResult(
+                wamid,
+                status,
+                latency_ms,
+                message_status if isinstance(message_status, str) else None,
+            )
+    if data.get("success") is True and "error" not in data:
+        # Read receipts and typing indicators: accepted, but there is no message id.
+        return SendResult("", status, latency_ms, None)
+    return None
+
+
+def _api_error(status: int, body: bytes, token: str) -> GraphApiError:
+    """Meta's error object made ours; a body that is not one is described, not trusted."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = _NOT_JSON
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        transient = error.get("is_transient")
+        return GraphApiError(
+            _bounded(_meta_message(error, status), token),
+            status=status,
+            code=_int(error.get("code")),
+            subcode=_int(error.get("error_subcode")),
+            fbtrace_id=_str(error.get("fbtrace_id")),
+            is_transient=transient if isinstance(transient, bool) else None,
+        )
+    # A 2xx without a wamid: Meta may have taken the message, so a resend is ambiguous.
+    accepted = 200 <= status < 300
+    if not body.strip():
+        message = f"HTTP {status} with an empty body"
+    elif data is _NOT_JSON:
+        message = f"HTTP {status} with a non-JSON body: {_excerpt(body)}"
+    elif accepted:
+        message = f"HTTP {status} without messages[0].id: {_excerpt(body)}"
+    else:
+        message = f"HTTP {status} with an unexpected JSON body: {_excerpt(body)}"
+    return GraphApiError(
+        _bounded(message, token),
+        status=status,
+        maybe_sent=accepted,
+        short_code="no_wamid" if accepted else None,
+    )
+
+
+def _meta_message(error: dict[str, Any], status: int) -> str:
+    message = _str(error.get("message")) or f"HTTP {status} error without a message"
+    data = error.get("error_data")
+    details = _str(data.get("details")) if isinstance(data, dict) else None
+    if details and details not in message:
+        message = f"{message}: {details}"
+    return message
+
+
+def _transport(exc: BaseException, token: str) -> GraphTransportError:
+    """A failure without a usable answer, with whether the request may have reached Meta."""
+    maybe_sent = True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Refused, unreachable, DNS, TLS handshake: nothing was sent.
+        maybe_sent, short, what = False, "connect_error", str(exc)
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+        maybe_sent, short, what = False, "connect_timeout", "connecting timed out"
+    elif isinstance(exc, TimeoutError):
+        short, what = "timeout", "no answer in time after the request was sent"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        short, what = "disconnected", f"the connection dropped ({type(exc).__name__})"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        short, what = "bad_response", f"unusable HTTP answer ({exc.status}, {exc.message})"
+    elif isinstance(exc, aiohttp.ClientOSError):
+        short, what = (
+            "disconnected",
+            f"the connection failed ({exc.strerror or type(exc).__name__})",
+        )
+    else:
+        short, what = "client_error", type(exc).__name__
+    return GraphTransportError(_bounded(what, token), maybe_sent=maybe_sent, short_code=short)
+
+
+def _bounded(text: str, token: str) -> str:
+    """``text`` without the token and cut to ``MAX_ERROR_BYTES`` of UTF-8."""
+    if token and token in text:
+        text = text.replace(token, "[redacted]")
+    raw = text.encode("utf-8")
+    if len(raw) <= MAX_ERROR_BYTES:
+        return text
+    return raw[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def _excerpt(body: bytes) -> str:
+    return " ".join(body.decode("utf-8", "replace").split())[:BODY_EXCERPT_CHARS]
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,217 @@
+"""The message producers publish (SPEC §3), and ``parse``: bytes in, an ``Outbound`` out.
+
+``parse`` decodes once, validates the dict once against ``OutboundMessage`` and re-serialises
+the ``wabaPayload`` dict as it came (same keys, order and values): that is what is POSTed to
+Meta, never a dump of the model, which would add defaults. Everything that can never be sent
+raises ``InvalidMessage`` with where and what, and the ids when they could be read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidMessage
+from .payloads import MESSAGE_TYPES, WabaPayload
+
+__all__ = ["MAX_MESSAGE_BYTES", "Metadata", "Outbound", "OutboundMessage", "parse"]
+
+MAX_MESSAGE_BYTES = 256 * 1024
+"""Default largest body accepted; a larger one is refused before it is decoded."""
+
+_MAX_REASON = 300
+_MAX_WHERE = 200
+_UTF8_BOM = b"\xef\xbb\xbf"
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+_KNOWN_TYPES = ", ".join(MESSAGE_TYPES)
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+class Metadata(BaseModel):
+    """Who sends and which logical message this is; other keys are carried to the logs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tenantId: Annotated[str, Field(min_length=1)]
+    internalId: Annotated[str, Field(min_length=1)]
+    phoneNumberId: Annotated[str, Field(pattern=r"^[0-9]+$")] | None = None
+    expiresAt: datetime | None = None
+
+    @field_validator("expiresAt")
+    @classmethod
+    def _assume_utc(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone is read as UTC, so comparisons never mix naive and aware."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class OutboundMessage(BaseModel):
+    """One message on ``outbound-processed``: the envelope and the Cloud API body."""
+
+    metadata: Metadata
+    wabaPayload: WabaPayload
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A parsed message, ready for the pipeline."""
+
+    tenant_id: str
+    internal_id: str
+    phone_number_id: str | None
+    expires_at: datetime | None
+    type: str
+    """The ``wabaPayload`` type (``text``, ...), ``status`` for read receipts."""
+    to: str | None
+    payload: bytes
+    """The ``wabaPayload`` as received, as JSON: the body POSTed to Meta."""
+    extra: Mapping[str, Any]
+    """Metadata keys other than the four above."""
+
+
+def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
+    """Read one message body; raise ``InvalidMessage`` if it can never be sent as is."""
+    if len(body) > max_bytes:
+        raise InvalidMessage(f"the message is {len(body)} bytes, over the limit of {max_bytes}")
+    if body[:3] == _UTF8_BOM:  # some producers write one; JSON parsers refuse it
+        body = body[3:]
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(_undecodable(body, exc)) from exc
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"the body should be a JSON object, not {_kind(obj)}")
+    try:
+        message = OutboundMessage.model_validate(obj)
+    except ValidationError as exc:
+        reason, where = _describe(exc, obj)
+        tenant_id, internal_id = _ids(obj)
+        raise InvalidMessage(reason, where, tenant_id=tenant_id, internal_id=internal_id) from exc
+    metadata = message.metadata
+    waba: dict[str, Any] = obj["wabaPayload"]
+    to = waba.get("to")
+    return Outbound(
+        tenant_id=metadata.tenantId,
+        internal_id=metadata.internalId,
+        phone_number_id=metadata.phoneNumberId,
+        expires_at=metadata.expiresAt,
+        type=message.wabaPayload.kind,
+        to=to if isinstance(to, str) else None,
+        payload=orjson.dumps(waba),
+        extra=metadata.model_extra or _NO_EXTRA,
+    )
+
+
+# -- error reports (off the hot path) --------------------------------------------------------
+
+
+def _undecodable(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"the body is not UTF-8 (invalid byte at offset {bad.start})"
+    return _cut(f"the body is not JSON: {exc}", _MAX_REASON)
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value is named in a reason."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _ids(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The tenant and internal ids, if readable, for the dead letter's headers and logs."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return None, None
+    tenant_id, internal_id = metadata.get("tenantId"), metadata.get("internalId")
+    return (
+        tenant_id if isinstance(tenant_id, str) and tenant_id else None,
+        internal_id if isinstance(internal_id, str) and internal_id else None,
+    )
+
+
+def _describe(exc: ValidationError, obj: dict[str, Any]) -> tuple[str, str]:
+    """The first error as (reason, where), in words a producer can act on."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    where, node = _where(first["loc"], obj, missing=kind == "missing")
+    if kind == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag")
+        expected = (
+            _KNOWN_TYPES if where == "wabaPayload" else first.get("ctx", {}).get("expected_tags")
+        )
+        reason = f"unknown type {_cut(repr(tag), 60)}; expected one of: {expected}"
+        where += ".type"
+    elif kind == "union_tag_not_found":
+        if not isinstance(node, dict):
+            reason = f"should be a JSON object, not {_kind(node)}"
+        else:
+            where += ".type"
+            if node.get("type") is not None:
+                reason = "should be a string"
+            elif where == "wabaPayload.type":
+                reason = "is missing, and no message object (text, template, ...) is present"
+            else:
+                reason = "Field required"
+    elif kind in _NOT_AN_OBJECT:
+        reason = f"should be a JSON object, not {_kind(node)}"
+    elif kind == "list_type":
+        reason = f"should be a JSON array, not {_kind(node)}"
+    else:
+        reason = first["msg"].removeprefix("Value error, ")
+    if len(errors) > 1:
+        more = f" (and {len(errors) - 1} more)"
+        reason = _cut(reason, _MAX_REASON - len(more)) + more
+    return _cut(reason, _MAX_REASON), _cut(where, _MAX_WHERE)
+
+
+def _where(loc: Sequence[int | str], obj: Any, *, missing: bool) -> tuple[str, Any]:
+    """A JSON path for pydantic's ``loc``, and the value found there.
+
+    ``loc`` also names the member a union picked: the tag after ``wabaPayload`` and after
+    ``interactive`` (dropped here), and a member such as ``str`` after a plain union (not in
+    the document, so the walk stops there).
+    """
+    steps = list(loc)
+    if len(steps) > 3 and steps[0] == "wabaPayload" and steps[2] == "interactive":
+        del steps[3]
+    if len(steps) > 1 and steps[0] == "wabaPayload":
+        del steps[1]
+    path = ""
+    node = obj
+    last = len(steps) - 1
+    for i, key in enumerate(steps):
+        if isinstance(key, int) and isinstance(node, list) and 0 <= key < len(node):
+            path += f"[{key}]"
+            node = node[key]
+        elif isinstance(key, str) and isinstance(node, dict) and key in node:
+            path += f".{key}" if path else key
+            node = node[key]
+        elif isinstance(key, str) and missing and i == last:
+            path += f".{key}" if path else key
+            node = None
+        else:
+            break
+    return path, node
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

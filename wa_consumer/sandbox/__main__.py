@@ -1,0 +1,65 @@
+"""``python -m wa_consumer.sandbox``: the sandbox from the command line.
+
+Options override the JSON file given with ``--config`` (a ``SandboxConfig`` as JSON; any
+subset of its keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from wa_consumer.sandbox.app import DEFAULT_PORT, run_sandbox
+from wa_consumer.sandbox.config import load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wa_consumer.sandbox",
+        description="A local stand-in for the WhatsApp Cloud API and the tenant service.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--config", metavar="FILE", help="SandboxConfig as JSON")
+    parser.add_argument("--latency-ms", type=float, help="delay before every answer")
+    parser.add_argument("--jitter-ms", type=float, help="plus a uniform 0..jitter")
+    parser.add_argument("--failure-rate", type=float, help="fraction failed at random")
+    parser.add_argument("--failure-code", type=int, help="Meta code of random failures")
+    parser.add_argument("--number-rate", type=float, help="requests/s per number (0: off)")
+    parser.add_argument("--service-token", help="required by the tenant service if set")
+    parser.add_argument("--seed", type=int, help="seed of latency jitter and failures")
+    parser.add_argument(
+        "--no-request-log", action="store_true", help="keep no request log (benchmarks)"
+    )
+    parser.add_argument("--no-rules", action="store_true", help="no default recipient rules")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse options, build the config, serve until interrupted."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(
+            args.config,
+            latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
+            failure_rate=args.failure_rate,
+            failure_code=args.failure_code,
+            number_rate=args.number_rate,
+            service_token=args.service_token,
+            seed=args.seed,
+            record_requests=False if args.no_request_log else None,
+            rules=[] if args.no_rules else None,
+        )
+    except (OSError, ValidationError, ValueError) as exc:
+        print(f"sandbox: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    run_sandbox(args.host, args.port, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Building, starting and running the sandbox application.
+
+``create_app`` for embedding (aiohttp's test client), ``start_sandbox`` for a live server in
+the current loop (tests, the demo), ``run_sandbox`` for the command line (uvloop, blocking,
+stops on SIGINT/SIGTERM). The access log is off: one line per request would be the
+bottleneck of any benchmark run against the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from types import TracebackType
+
+from aiohttp import web
+
+from wa_consumer.sandbox.admin import Admin
+from wa_consumer.sandbox.cloud import CloudApi
+from wa_consumer.sandbox.config import SandboxConfig
+from wa_consumer.sandbox.state import SandboxState
+from wa_consumer.sandbox.tenants import TenantService
+
+DEFAULT_PORT = 8089
+STATE_KEY = web.AppKey("sandbox_state", SandboxState)
+
+
+def create_app(config: SandboxConfig | None = None) -> web.Application:
+    """The sandbox as an aiohttp application; its state is ``app[STATE_KEY]``."""
+    state = SandboxState(config)
+    cloud = CloudApi(state)
+    app = web.Application()
+    app[STATE_KEY] = state
+    app.add_routes(Admin(state).routes())
+    app.router.add_get(
+        "/tenants/{tenant_id}/whatsapp-credentials", TenantService(state).credentials
+    )
+    app.router.add_post("/{version}/{phone_number_id}/messages", cloud.messages)
+
+    async def end_hangs(_: web.Application) -> None:
+        # Hanging requests would otherwise hold shutdown for its whole timeout.
+        cloud.wake.set()
+
+    app.on_shutdown.append(end_hangs)
+    return app
+
+
+class RunningSandbox:
+    """A sandbox serving in the current event loop; ``state`` changes it in process."""
+
+    def __init__(self, runner: web.AppRunner, url: str, state: SandboxState) -> None:
+        self._runner = runner
+        self.url = url
+        self.state = state
+
+    async def close(self) -> None:
+        """Stop serving; hanging requests are dropped."""
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> RunningSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def start_sandbox(
+    host: str = "127.0.0.1", port: int = 0, config: SandboxConfig | None = None
+) -> RunningSandbox:
+    """Serve the sandbox on ``host:port`` (0: a free port) until ``close()``."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    display = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return RunningSandbox(runner, f"http://{display}:{bound_port}", app[STATE_KEY])
+
+
+def describe(sandbox: RunningSandbox) -> str:
+    """The start-up banner: where it listens, the tenants and the recipient rules."""
+    lines = [
+        f"WhatsApp sandbox listening on {sandbox.url}",
+        f"  WA_GRAPH_API_URL={sandbox.url}  WA_TENANT_SERVICE_URL={sandbox.url}",
+        "tenants:",
+    ]
+    for tenant in sandbox.state.config.tenants:
+        flag = "  (suspended)" if tenant.suspended else ""
+        numbers = ", ".join(tenant.phone_number_ids)
+        lines.append(f"  {tenant.id:<10} numbers {numbers}  token {tenant.token}{flag}")
+    lines.append("recipient rules (first match decides):")
+    for rule in sandbox.state.config.rules:
+        answer = rule.code or rule.status or ("hang" if rule.hang else rule.body)
+        lines.append(f"  {rule.match:<12} {answer!s:<7} {rule.note}")
+    lines.append(f"admin: {sandbox.url}/_sandbox/config, /requests, /stats, /tenants")
+    return "\n".join(lines)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if sys.platform == "win32":  # pragma: no cover
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+def run_sandbox(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    config: SandboxConfig | None = None,
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM (the ``sandbox`` command)."""
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        async with await start_sandbox(host, port, config) as sandbox:
+            if announce is None:
+                print(describe(sandbox), flush=True)
+            else:
+                announce(describe(sandbox))
+            await stop.wait()
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve())

@@ -1,0 +1,134 @@
+"""One frozen ``Settings``, read once at the edge (the CLI) and passed down.
+
+Every field is an environment variable with the ``WA_`` prefix, also read from ``.env``.
+``load_settings`` turns pydantic's report into one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import SettingsError
+
+
+class Settings(BaseSettings):
+    """The daemon's configuration (SPEC §7)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WA_", env_file=".env", env_file_encoding="utf-8", frozen=True, extra="ignore"
+    )
+
+    # Broker
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: str = "whatsapp-exchange"
+    dead_letter_exchange: str = "whatsapp-dlx"
+    queue: str = "outbound-processed"
+    dead_letter_queue: str = "outbound-failed"
+    retry_queue_prefix: str = "outbound-retry-"
+    routing_key_prefix: str = "outbound.processed"
+    dead_routing_key: str = "outbound.failed"
+    queue_type: Literal["classic", "quorum"] = "classic"
+    prefetch: int = Field(default=200, ge=1, le=65535)
+
+    # Ledger (used by the ledger; accepted here so one .env serves every command)
+    database_url: str | None = None
+
+    # Cloud API
+    graph_api_url: str = "https://graph.facebook.com"
+    graph_api_version: str = Field(default="v23.0", pattern=r"^v\d+\.\d+$")
+    http_timeout_seconds: float = Field(default=20.0, gt=0)
+
+    # Credentials
+    tenant_service_url: str | None = None
+    tenant_service_token: SecretStr | None = None
+    tenant_service_timeout_seconds: float = Field(default=5.0, gt=0)
+    static_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    credential_ttl_seconds: float = Field(default=900.0, gt=0)
+    credential_cache_size: int = Field(default=10_000, ge=1)
+
+    # Retry policy
+    retry_delays: list[float] = Field(default_factory=lambda: [30.0, 120.0, 600.0, 1800.0, 3600.0])
+    max_retries: int = Field(default=5, ge=0)
+    rate_limit_min_delay: float = Field(default=60.0, ge=0)
+    pair_limit_min_delay: float = Field(default=10.0, ge=0)
+    max_message_age_seconds: float = Field(default=86_400.0, gt=0)
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_deliveries: int = Field(default=5, ge=2)
+    error_text_bytes: int = Field(default=1024, ge=64, le=16_384)
+
+    # Process
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _ladder(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("needs at least one delay")
+        if any(d <= 0 for d in value):
+            raise ValueError("delays must be positive seconds")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("expected an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("graph_api_url", "tenant_service_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("static_credentials")
+    @classmethod
+    def _static(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for tenant, entry in value.items():
+            for key in ("accessToken", "phoneNumberId"):
+                if not isinstance(entry.get(key), str) or not entry[key]:
+                    raise ValueError(f"tenant {tenant!r} needs a non-empty {key!r}")
+        return value
+
+    @property
+    def max_age_ms(self) -> int:
+        return int(self.max_message_age_seconds * 1000)
+
+
+def _field_env_name(loc: tuple[int | str, ...]) -> str:
+    return "WA_" + str(loc[0]).upper() if loc else "settings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, or raise ``SettingsError`` with one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = _field_env_name(tuple(first["loc"]))
+        value = first.get("input")
+        shown = (
+            ""
+            if name in ("WA_TENANT_SERVICE_TOKEN", "WA_STATIC_CREDENTIALS")
+            else (f" (got {value!r})" if isinstance(value, str | int | float) else "")
+        )
+        raise SettingsError(f"{name}: {first['msg']}{shown}") from None
+    except ValueError as exc:  # pydantic-settings' JSON decoding of list/dict fields
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = "WA_" + found.group(1).upper() if found else "settings"
+        raise SettingsError(f"{name}: expected JSON ({str(exc).splitlines()[0]})") from None

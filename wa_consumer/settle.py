@@ -1,0 +1,199 @@
+"""The only module that acks, nacks or republishes.
+
+The invariant lives here: a message is acked only after its next home (the Cloud API, a wait
+queue, the dead-letter queue) has confirmed it. Every republish is ``mandatory`` with a
+publisher confirm; a retry whose copy was not confirmed goes back to its queue (nack with
+requeue), a death whose copy was not confirmed is dead-lettered by the broker itself
+(nack without requeue, through the queue's dead-letter arguments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from .logs import get_logger
+from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
+
+log = get_logger("settle")
+
+# The broker's own dead-letter bookkeeping: dropped from every copy we publish, or
+# RabbitMQ's cycle detection and header growth bite.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+
+H_RETRY_COUNT = "x-retry-count"
+H_DELIVERIES = "x-deliveries"
+H_FIRST_FAILED = "x-first-failed-at"
+H_ORIGINAL_KEY = "x-original-routing-key"
+H_TENANT = "x-tenant-id"
+
+
+class Settled(StrEnum):
+    """What actually happened to the delivery (for logs and metrics)."""
+
+    ACKED = "acked"
+    RETRIED = "retried"
+    DEAD = "dead"
+    DEAD_BY_BROKER = "dead_by_broker"  # DLQ copy unconfirmed: nack(requeue=False)
+    HANDED_BACK = "handed_back"  # a confirmed copy waits at the tail of the main queue
+    REQUEUED = "requeued"  # the copy was not confirmed: nack(requeue=True)
+    LOST_CHANNEL = "lost_channel"  # the channel died first: the broker redelivers it
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def bounded(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` UTF-8 bytes, on a character boundary."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def clean_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``headers`` without the broker's dead-letter bookkeeping."""
+    if not headers:
+        return {}
+    return {k: v for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
+
+
+def header_int(headers: dict[str, Any] | None, name: str) -> int:
+    value = (headers or {}).get(name)
+    if isinstance(value, bytes):
+        value = value.decode(errors="ignore")
+    try:
+        return max(0, int(value)) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+class Settler:
+    """Carries out an ``Outcome`` for one delivery, holding the never-ack-first invariant."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        dead_letter_exchange: AbstractExchange,
+        *,
+        main_queue: str,
+        dead_routing_key: str,
+        error_text_bytes: int = 1024,
+        confirm_timeout: float = 10.0,
+    ) -> None:
+        self._channel = channel
+        self._dlx = dead_letter_exchange
+        self._main_queue = main_queue
+        self._dead_key = dead_routing_key
+        self._error_bytes = error_text_bytes
+        self._confirm_timeout = confirm_timeout
+
+    async def settle(
+        self, delivery: AbstractIncomingMessage, outcome: Outcome, *, tenant_id: str | None
+    ) -> Settled:
+        """Carry out ``outcome``; never raises for a broker failure (the broker keeps the copy)."""
+        try:
+            if isinstance(outcome, Delivered | Duplicate):
+                await delivery.ack()
+                return Settled.ACKED
+            if isinstance(outcome, HandBack | Recount):
+                # A copy at the tail of the main queue, so that a graceful hand-back is not
+                # mistaken for a crash on redelivery; a recount carries the delivery count.
+                headers = clean_headers(delivery.headers)
+                if isinstance(outcome, Recount):
+                    headers[H_DELIVERIES] = outcome.deliveries
+                copy = self._message(delivery, headers)
+                if await self._publish(self._channel.default_exchange, self._main_queue, copy):
+                    await delivery.ack()
+                    return Settled.HANDED_BACK
+                await delivery.nack(requeue=True)
+                return Settled.REQUEUED
+            if isinstance(outcome, Retry):
+                copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
+                if await self._publish(self._channel.default_exchange, outcome.queue, copy):
+                    await delivery.ack()
+                    return Settled.RETRIED
+                await delivery.nack(requeue=True)
+                return Settled.REQUEUED
+            if isinstance(outcome, Dead):
+                copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
+                if await self._publish(self._dlx, self._dead_key, copy):
+                    await delivery.ack()
+                    return Settled.DEAD
+                await delivery.nack(requeue=False)
+                return Settled.DEAD_BY_BROKER
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            # The consuming channel is gone: nothing was acked, the broker redelivers.
+            log.warning("settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return Settled.LOST_CHANNEL
+        raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
+
+    async def _publish(
+        self, exchange: AbstractExchange, key: str, message: aio_pika.Message
+    ) -> bool:
+        try:
+            confirmation = await exchange.publish(
+                message, routing_key=key, mandatory=True, timeout=self._confirm_timeout
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+            log.warning("republish_unconfirmed", routing_key=key, error=type(exc).__name__)
+            return False
+        return isinstance(confirmation, aiormq.spec.Basic.Ack)
+
+    def _copy(
+        self,
+        delivery: AbstractIncomingMessage,
+        failure: Failure,
+        tenant_id: str | None,
+        *,
+        retry: bool,
+    ) -> aio_pika.Message:
+        old = delivery.headers or {}
+        headers = clean_headers(old)
+        headers.pop(H_DELIVERIES, None)  # a settled attempt resets the crash-loop count
+        failed_at = now_iso()
+        retries = header_int(old, H_RETRY_COUNT)
+        headers[H_RETRY_COUNT] = retries + 1 if retry else retries
+        headers["x-error-category"] = failure.category
+        headers["x-error-code"] = failure.code
+        if failure.subcode is not None:
+            headers["x-error-subcode"] = failure.subcode
+        else:
+            headers.pop("x-error-subcode", None)
+        headers["x-error-message"] = bounded(failure.message, self._error_bytes)
+        headers.setdefault(H_FIRST_FAILED, failed_at)
+        headers["x-failed-at"] = failed_at
+        headers.setdefault(H_ORIGINAL_KEY, delivery.routing_key or "")
+        if tenant_id is not None:
+            headers[H_TENANT] = tenant_id
+        return self._message(delivery, headers)
+
+    @staticmethod
+    def _message(delivery: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+        return aio_pika.Message(
+            delivery.body,
+            headers=headers,
+            content_type=delivery.content_type or "application/json",
+            content_encoding=delivery.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=delivery.priority,
+            correlation_id=delivery.correlation_id,
+            message_id=delivery.message_id,
+            timestamp=delivery.timestamp,
+            type=delivery.type,
+            app_id=delivery.app_id,
+        )
+
+
+async def settle_shielded(
+    settler: Settler, delivery: AbstractIncomingMessage, outcome: Outcome, tenant_id: str | None
+) -> Settled:
+    """Settle even while the caller is being cancelled (shutdown must not strand a message)."""
+    return await asyncio.shield(settler.settle(delivery, outcome, tenant_id=tenant_id))

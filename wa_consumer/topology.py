@@ -1,0 +1,138 @@
+"""The broker topology of SPEC §2: declared idempotently at start, or checked.
+
+A queue that already exists with other arguments makes RabbitMQ close the channel with
+PRECONDITION_FAILED; we turn that into ``TopologyMismatch`` naming the queue, the argument and
+both values, so start-up ends with one readable line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractConnection, ExchangeType
+from pamqp.common import Arguments, FieldTable
+
+from .classify import retry_queue_name
+from .errors import TopologyMismatch, WaConsumerError
+from .settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    arguments: Arguments
+    bind_exchange: str | None = None
+    bind_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names and arguments of everything the daemon needs, derived from settings."""
+
+    exchange: str
+    dead_letter_exchange: str
+    queues: tuple[QueueSpec, ...]
+    retry_queues: dict[float, str]
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Topology:
+        # Classic is the broker's default: naming it would clash with queues declared without it.
+        qtype: FieldTable = {"x-queue-type": "quorum"} if s.queue_type == "quorum" else {}
+        main = QueueSpec(
+            s.queue,
+            {
+                **qtype,
+                "x-dead-letter-exchange": s.dead_letter_exchange,
+                "x-dead-letter-routing-key": s.dead_routing_key,
+                "x-message-ttl": s.max_age_ms,
+            },
+            s.exchange,
+            (f"{s.routing_key_prefix}.#",),
+        )
+        dead = QueueSpec(
+            s.dead_letter_queue,
+            dict(qtype),
+            s.dead_letter_exchange,
+            (f"{s.dead_routing_key}.#", s.dead_routing_key),
+        )
+        retry_queues = {d: retry_queue_name(d, s.retry_queue_prefix) for d in s.retry_delays}
+        waits = tuple(
+            QueueSpec(
+                name,
+                {
+                    **qtype,
+                    "x-message-ttl": max(1, round(delay * 1000)),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": s.queue,
+                },
+            )
+            for delay, name in retry_queues.items()
+        )
+        return cls(s.exchange, s.dead_letter_exchange, (main, dead, *waits), retry_queues)
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for queue '(?P<queue>[^']+)'.*?"
+    r"received (?:the value )?(?P<wanted>'[^']*'|none)(?: of type '\w+')?"
+    r" but current is (?:the value )?(?P<existing>'[^']*'|none)"
+)
+
+
+def _mismatch(exc: aiormq.exceptions.ChannelPreconditionFailed, spec: QueueSpec) -> Exception:
+    text = str(exc)
+    found = _INEQUIVALENT.search(text)
+    if not found:
+        return WaConsumerError(f"queue {spec.name!r} cannot be declared as configured: {text}")
+    return TopologyMismatch(
+        found["queue"],
+        found["arg"],
+        found["existing"].strip("'"),
+        found["wanted"].strip("'"),
+    )
+
+
+async def declare(
+    connection: AbstractConnection, topology: Topology, *, check: bool = False
+) -> None:
+    """Declare every exchange and queue (``check``: verify only, create nothing).
+
+    Raises ``TopologyMismatch`` when a queue exists with other arguments, and
+    ``WaConsumerError`` when ``check`` finds something missing.
+    """
+    for name in (topology.exchange, topology.dead_letter_exchange):
+        async with connection.channel() as channel:
+            try:
+                await channel.declare_exchange(
+                    name, ExchangeType.TOPIC, durable=True, passive=check
+                )
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise WaConsumerError(f"exchange {name!r} does not exist") from None
+    for spec in topology.queues:
+        if check:
+            async with connection.channel() as channel:
+                try:
+                    await channel.declare_queue(spec.name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    raise WaConsumerError(f"queue {spec.name!r} does not exist") from None
+        # A full declare with identical arguments changes nothing, so it is also the check.
+        async with connection.channel() as channel:
+            try:
+                queue = await channel.declare_queue(
+                    spec.name, durable=True, arguments=spec.arguments
+                )
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                raise _mismatch(exc, spec) from None
+            if spec.bind_exchange and not check:
+                for key in spec.bind_keys:
+                    await queue.bind(spec.bind_exchange, key)
+
+
+async def connect(url: str) -> AbstractConnection:
+    """A plain connection for one-shot commands (the daemon uses a robust one)."""
+    try:
+        return await aio_pika.connect(url, timeout=10)
+    except (OSError, aiormq.exceptions.AMQPError) as exc:
+        raise WaConsumerError(f"cannot connect to RabbitMQ: {exc}") from None
