@@ -38,3 +38,29 @@ async def sandbox():  # type: ignore[no-untyped-def]
         yield running
     finally:
         await running.close()
+
+
+PG_URL = os.environ.get("WA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A PostgreSQL database of this test run's own, dropped afterwards; yields its URL."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"wa_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(PG_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

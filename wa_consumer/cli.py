@@ -154,5 +154,74 @@ def publish(
     typer.echo(f"published {sent}")
 
 
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on (default 8089, the sandbox's own; 0: any free)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="SandboxConfig as JSON.")
+    ] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Delay before every answer.")] = None,
+    jitter_ms: Annotated[float | None, typer.Option(help="Plus a uniform 0..jitter.")] = None,
+    failure_rate: Annotated[
+        float | None, typer.Option(help="Fraction of requests failed at random.")
+    ] = None,
+    failure_code: Annotated[
+        int | None, typer.Option(help="Meta code of the random failures.")
+    ] = None,
+    number_rate: Annotated[
+        float | None, typer.Option(help="Requests/s per phone number (0: no limit).")
+    ] = None,
+    service_token: Annotated[
+        str | None, typer.Option(help="Required by the tenant service when set.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of latency jitter and failures.")] = None,
+    no_request_log: Annotated[
+        bool, typer.Option("--no-request-log", help="Keep no request log (benchmarks).")
+    ] = False,
+    no_rules: Annotated[
+        bool, typer.Option("--no-rules", help="No default recipient rules.")
+    ] = False,
+) -> None:
+    """A local stand-in for the Cloud API and the tenant service (SPEC §10)."""
+    from pydantic import ValidationError
+
+    # Imported here: aiohttp's import would slow every other command down.
+    from .sandbox import DEFAULT_PORT, load_config, run_sandbox
+
+    try:
+        settings = load_config(
+            config,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            failure_rate=failure_rate,
+            failure_code=failure_code,
+            number_rate=number_rate,
+            service_token=service_token,
+            seed=seed,
+            record_requests=False if no_request_log else None,
+            rules=[] if no_rules else None,
+        )
+    except (OSError, ValidationError, ValueError) as exc:
+        raise fail(f"sandbox: bad configuration: {exc}", 2) from None
+    run_sandbox(host, DEFAULT_PORT if port is None else port, settings)
+
+
+@app.command()
+def demo(
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for every message to reach its end.")
+    ] = 40.0,
+) -> None:
+    """The newcomer's tour: sandbox, daemon and sample traffic on a vhost of its own."""
+    settings = settings_or_exit()
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(settings, timeout=timeout, run=run_async))
+
+
 def main() -> None:
     app()

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import signal
 from contextlib import suppress
-from typing import Any
 
 import aio_pika
 import aiohttp
 import aiormq
-from aio_pika.abc import AbstractRobustConnection, ExchangeType
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection, ExchangeType
 from yarl import URL
 
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
 from .errors import WaConsumerError
 from .graph import GraphClient, make_session
+from .ledger import PostgresLedger
 from .logs import get_logger
 from .pipeline import Pipeline, Policy
 from .seams import Ledger, Limiter
@@ -75,6 +75,9 @@ class Daemon:
         self._hard_stop = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.consuming = asyncio.Event()
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._pause_task: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         """First call: graceful stop. Second call: stop at once (the broker keeps the rest)."""
@@ -89,7 +92,9 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
 
     async def run(self) -> int:
+        """Start-up, consume until told to stop, shut down; returns the exit code."""
         s = self.settings
+        ledger = self._ledger or await _open_ledger(s)
         connection = await _connect(s.amqp_url)
         session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)
         try:
@@ -114,31 +119,75 @@ class Daemon:
                 credentials=build_credentials(s, session),
                 graph=GraphClient(session, s.graph_api_url, s.graph_api_version),
                 settler=settler,
-                ledger=self._ledger,
+                ledger=ledger,
                 limiter=self._limiter,
+                on_ledger_down=self._ledger_down,
             )
-            queue = await consume_channel.declare_queue(s.queue, passive=True)
-            tag = await queue.consume(pipeline.handle)
-            self.consuming.set()
-            log.info("consuming", queue=s.queue, prefetch=s.prefetch)
+            self._queue = await consume_channel.declare_queue(s.queue, passive=True)
+            await self._consume()
 
             await self._stop.wait()
-            await self._shutdown(queue, tag, pipeline)
+            await self._shutdown(pipeline)
         finally:
+            if self._pause_task is not None:
+                self._pause_task.cancel()
             await session.close()
+            if isinstance(ledger, PostgresLedger):
+                await ledger.close()
             with suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
         return 0
 
-    async def _shutdown(self, queue: Any, tag: str, pipeline: Pipeline) -> None:
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        assert self.pipeline is not None
+        self._tag = await self._queue.consume(self.pipeline.handle)
+        self.consuming.set()
+        log.info("consuming", queue=self.settings.queue, prefetch=self.settings.prefetch)
+
+    async def _stop_consuming(self) -> None:
+        self.consuming.clear()
+        if self._queue is not None and self._tag is not None:
+            with suppress(Exception):
+                await asyncio.wait_for(self._queue.cancel(self._tag), 5)
+            self._tag = None
+
+    def _ledger_down(self) -> None:
+        """The ledger cannot be reached: pause consuming until it can (one task, one log)."""
+        if self._pause_task is None and not self._stop.is_set():
+            self._pause_task = asyncio.create_task(self._pause_until_ledger_is_back())
+
+    async def _pause_until_ledger_is_back(self) -> None:
+        pipeline, ledger = self.pipeline, self._ledger_in_use
+        assert pipeline is not None
+        assert ledger is not None
+        log.error("consuming_paused", reason="ledger unreachable; messages wait in RabbitMQ")
+        pipeline.stopping = True  # what has not reached the send goes back to the queue
+        await self._stop_consuming()
+        try:
+            while not self._stop.is_set() and not await ledger.ping():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+            if self._stop.is_set():
+                return
+            pipeline.stopping = False
+            await self._consume()
+            log.info("consuming_resumed")
+        finally:
+            self._pause_task = None
+
+    @property
+    def _ledger_in_use(self) -> PostgresLedger | None:
+        ledger = self.pipeline.ledger if self.pipeline else None
+        return ledger if isinstance(ledger, PostgresLedger) else None
+
+    async def _shutdown(self, pipeline: Pipeline) -> None:
         s = self.settings
         log.info(
             "shutdown_started", in_flight=len(pipeline.in_flight), grace_s=s.shutdown_grace_seconds
         )
         pipeline.stopping = True
-        self.consuming.clear()
-        with suppress(Exception):
-            await asyncio.wait_for(queue.cancel(tag), 5)
+        await self._stop_consuming()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.shutdown_grace_seconds
         hard = asyncio.ensure_future(self._hard_stop.wait())
@@ -153,6 +202,18 @@ class Daemon:
         if pending:
             await asyncio.wait(pending, timeout=5)
         log.info("shutdown_complete", cancelled=len(pending))
+
+
+async def _open_ledger(settings: Settings) -> PostgresLedger | None:
+    if not settings.database_url:
+        return None
+    return await PostgresLedger.connect(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        lease_seconds=settings.claim_lease_seconds,
+        max_deliveries=settings.max_deliveries,
+    )
 
 
 async def _connect(url: str) -> AbstractRobustConnection:

@@ -6,6 +6,7 @@ re-raised as one of these (``raise ... from exc``)::
     WaConsumerError
     ├── SettingsError            a setting is missing or malformed (start-up stops)
     ├── TopologyMismatch         the broker holds a queue with other arguments
+    ├── LedgerUnavailable        PostgreSQL cannot be reached (consuming pauses)
     ├── InvalidMessage           the body can never be sent as is (category ``invalid``)
     ├── CredentialError          the tenant's credentials could not be had
     │   ├── TenantUnknown        tenant service said 404   (``tenant_unknown``)
@@ -43,6 +44,10 @@ class TopologyMismatch(WaConsumerError):
             f"wants {argument}={wanted!r}; delete the queue (rabbitmqctl delete_queue {queue}, "
             f"after draining it) or change the setting to match the broker"
         )
+
+
+class LedgerUnavailable(WaConsumerError):
+    """The ledger's database cannot be reached; messages wait in RabbitMQ meanwhile."""
 
 
 class InvalidMessage(WaConsumerError):

@@ -1,14 +1,16 @@
 """A message's life: validate -> claim -> limit -> send -> classify -> settle.
 
 ``Pipeline.handle`` is the consumer's callback. ``_decide`` reads like SPEC §4: each stage is
-one call and returns an ``Outcome``; only ``settle`` touches the broker.
+one call and returns an ``Outcome``; the ledger records it, and only ``settle`` touches the
+broker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,12 +18,12 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from .classify import Category, classify, retry_delay, rule_for, wait_queue_for
 from .credentials import CredentialCache, Credentials, resolve_number
-from .errors import CredentialError, GraphError, InvalidMessage
+from .errors import CredentialError, GraphError, InvalidMessage, LedgerUnavailable
 from .graph import GraphClient
 from .logs import get_logger
 from .message import Outbound, parse
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
-from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter
+from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter, Record
 from .settle import H_DELIVERIES, H_FIRST_FAILED, H_RETRY_COUNT, Settler, header_int
 
 log = get_logger("pipeline")
@@ -39,11 +41,11 @@ class Policy:
     max_age_seconds: float
     max_message_bytes: int
     max_deliveries: int
-    busy_delay: float = 0.0  # wait step for a message another consumer holds (0: first step)
+    busy_delay: float = 0.0  # wait step for a message held elsewhere (0: the first step)
 
 
 class Pipeline:
-    """Decides each delivery's outcome and hands it to the ``Settler``."""
+    """Decides each delivery's outcome, has the ledger record it, and settles it."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class Pipeline:
         settler: Settler,
         ledger: Ledger | None = None,
         limiter: Limiter | None = None,
+        on_ledger_down: Callable[[], None] | None = None,
     ) -> None:
         self.policy = policy
         self.credentials = credentials
@@ -61,38 +64,44 @@ class Pipeline:
         self.settler = settler
         self.ledger: Ledger = ledger or NullLedger()
         self.limiter: Limiter = limiter or NullLimiter()
-        self.stopping = False  # set at shutdown: what has not reached the send is handed back
+        self._on_ledger_down = on_ledger_down or (lambda: None)
+        self.stopping = False  # shutdown or pause: what has not reached the send goes back
         self.in_flight: set[asyncio.Task[None]] = set()
-        self.sending = 0
+        self.counts: Counter[str] = Counter()  # outcomes so far: sent, duplicate, retry, ...
 
     async def handle(self, delivery: AbstractIncomingMessage) -> None:
-        """Consumer callback: decide, then settle; survives anything one message does."""
+        """Consumer callback: decide, record, settle; survives anything one message does."""
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
         started = time.perf_counter()
-        attempt = header_int(delivery.headers, H_RETRY_COUNT) + 1
-        ctx = _Context(attempt)
+        ctx = _Context(header_int(delivery.headers, H_RETRY_COUNT) + 1)
         try:
             try:
                 outcome = await self._decide(delivery, ctx)
             except asyncio.CancelledError:
                 outcome = HandBack()
             except Exception as exc:  # one message must never stop the consumer
-                log.exception("unexpected_error", attempt=attempt)
-                outcome = self._retry_or_dead(
-                    ctx, Failure(Category.TRANSIENT, "internal_error", _describe(exc))
+                log.exception("unexpected_error", attempt=ctx.attempt)
+                failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
+                outcome = self._retry_or_dead(ctx, failure)
+            if ctx.claimed is not None:
+                await asyncio.shield(
+                    self.ledger.finish(ctx.claimed, _record(outcome, ctx), ctx.attempts)
                 )
             settled = await asyncio.shield(
                 self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
             )
-            _log_outcome(ctx, outcome, settled, (time.perf_counter() - started) * 1000)
+            short = _short(outcome)
+            self.counts[short] += 1
+            _log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
         finally:
             self.in_flight.discard(task)
 
     async def _decide(self, delivery: AbstractIncomingMessage, ctx: _Context) -> Outcome:
-        # Crash-loop bound: a redelivery means an earlier delivery ended with no outcome.
-        if delivery.redelivered:
+        # Crash-loop bound without a ledger: a redelivery means a delivery ended with no
+        # outcome; its count travels in a header of a requeued copy.
+        if delivery.redelivered and not self.ledger.counts_deliveries:
             deliveries = _deliveries(delivery) + 1
             if deliveries >= self.policy.max_deliveries:
                 return Dead(Failure("crash_loop", "crash_loop", _crash_text(deliveries)))
@@ -112,20 +121,26 @@ class Pipeline:
             return Dead(Failure("expired", "expired", expired))
 
         # claim
-        claim = await self.ledger.claim(message)
+        try:
+            claim = await self.ledger.claim(message)
+        except LedgerUnavailable:
+            self._on_ledger_down()
+            return HandBack()
         if claim is Claim.ALREADY_SENT:
             return Duplicate()
         if claim is Claim.BUSY:
             return self._wait(Failure("busy", "busy", "another consumer holds this message"))
+        ctx.claimed = message
+        if claim is Claim.CRASH_LOOP:
+            text = _crash_text(self.policy.max_deliveries)
+            return Dead(Failure("crash_loop", "crash_loop", text))
 
         # credentials
         try:
             creds = await self.credentials.get(message.tenant_id)
             number = resolve_number(creds, message.tenant_id, message.phone_number_id)
         except CredentialError as exc:
-            failure = Failure(exc.category, exc.category, str(exc))
-            return self._retry_or_dead(ctx, failure) if exc.retryable else Dead(failure)
-        ctx.number = number
+            return self._credential_failure(ctx, exc)
 
         # limit
         if not await self.limiter.acquire(number, message.to):
@@ -141,14 +156,13 @@ class Pipeline:
     ) -> Outcome:
         refreshed = False
         while True:
+            at = datetime.now(UTC)
             started = time.perf_counter()
-            self.sending += 1
             try:
                 result = await self.graph.send(number, creds.access_token, message.payload)
             except GraphError as err:
-                latency = (time.perf_counter() - started) * 1000
+                ctx.latency_ms = (time.perf_counter() - started) * 1000
                 category = classify(err)
-                ctx.code, ctx.category = err.code_text, category
                 rule = rule_for(
                     category,
                     err.code,
@@ -157,76 +171,38 @@ class Pipeline:
                 )
                 failure = Failure(category, err.code_text, err.message, err.subcode)
                 if rule.refresh_credentials and not refreshed:
-                    await self._record(message, ctx, latency, "refresh", err, category)
+                    # 401 / 190: the token changed; fetch it again and resend once, at once.
+                    ctx.attempts.append(_attempt(ctx, at, "refresh", err, category))
                     refreshed = True
                     self.credentials.invalidate(message.tenant_id)
                     try:
                         creds = await self.credentials.get(message.tenant_id)
                     except CredentialError as exc:
-                        failure = Failure(exc.category, exc.category, str(exc))
-                        return self._retry_or_dead(ctx, failure) if exc.retryable else Dead(failure)
+                        return self._credential_failure(ctx, exc)
                     continue
                 if category is Category.RATE_LIMITED:
                     self.limiter.feedback(number, message.to, err.code_text)
-                outcome = (
-                    self._retry_or_dead(ctx, failure, rule.min_delay)
-                    if rule.retry
-                    else Dead(failure)
-                )
-                await self._record(
-                    message, ctx, latency, _short(outcome), err, category, maybe=err.maybe_sent
-                )
+                if rule.retry:
+                    outcome = self._retry_or_dead(ctx, failure, rule.min_delay)
+                else:
+                    outcome = Dead(failure)
+                ctx.attempts.append(_attempt(ctx, at, _short(outcome), err, category))
                 return outcome
-            finally:
-                self.sending -= 1
-            latency = (time.perf_counter() - started) * 1000
-            ctx.latency_ms = latency
-            await self.ledger.record_attempt(
-                message,
-                Attempt(
-                    ctx.attempt, latency, "sent", http_status=result.status, wamid=result.wamid
-                ),
+            ctx.latency_ms = (time.perf_counter() - started) * 1000
+            ctx.attempts.append(
+                Attempt(ctx.attempt, at, ctx.latency_ms, "sent", http_status=result.status)
             )
             return Delivered(result.wamid)
 
-    async def _record(
-        self,
-        message: Outbound,
-        ctx: _Context,
-        latency: float,
-        outcome: str,
-        err: GraphError,
-        category: str,
-        *,
-        maybe: bool = False,
-    ) -> None:
-        ctx.latency_ms = latency
-        await self.ledger.record_attempt(
-            message,
-            Attempt(
-                ctx.attempt,
-                latency,
-                outcome,
-                http_status=err.status,
-                code=err.code_text,
-                subcode=err.subcode,
-                category=category,
-                message=err.message,
-                ambiguous=maybe,
-            ),
-        )
+    def _credential_failure(self, ctx: _Context, exc: CredentialError) -> Outcome:
+        failure = Failure(exc.category, exc.category, str(exc))
+        return self._retry_or_dead(ctx, failure) if exc.retryable else Dead(failure)
 
     def _retry_or_dead(self, ctx: _Context, failure: Failure, min_delay: float = 0.0) -> Outcome:
         retries = ctx.attempt - 1
         if retries >= self.policy.max_retries:
-            return Dead(
-                Failure(
-                    "retries_exhausted",
-                    failure.code,
-                    f"{failure.category} after {retries} retries: {failure.message}",
-                    failure.subcode,
-                )
-            )
+            text = f"{failure.category} after {retries} retries: {failure.message}"
+            return Dead(Failure("retries_exhausted", failure.code, text, failure.subcode))
         delay = retry_delay(retries + 1, self.policy.retry_delays, min_delay)
         step = wait_queue_for(delay, self.policy.retry_delays)
         return Retry(self.policy.retry_queues[step], step, failure)
@@ -246,22 +222,20 @@ class Pipeline:
                 born = born.replace(tzinfo=UTC)
             age = (now - born).total_seconds()
             if age > self.policy.max_age_seconds:
-                return (
-                    f"{age:.0f} s old, over the maximum age of {self.policy.max_age_seconds:.0f} s"
-                )
+                limit = self.policy.max_age_seconds
+                return f"{age:.0f} s old, over the maximum age of {limit:.0f} s"
         return None
 
 
 class _Context:
-    """What one delivery's outcome line reports."""
+    """What one delivery learns on its way: for the outcome line and the ledger."""
 
     __slots__ = (
         "attempt",
-        "category",
-        "code",
+        "attempts",
+        "claimed",
         "internal_id",
         "latency_ms",
-        "number",
         "tenant_id",
         "type",
     )
@@ -271,10 +245,9 @@ class _Context:
         self.tenant_id: str | None = None
         self.internal_id: str | None = None
         self.type: str | None = None
-        self.number: str | None = None
-        self.code: str | None = None
-        self.category: str | None = None
         self.latency_ms: float | None = None
+        self.claimed: Outbound | None = None  # set once the ledger gave us the message
+        self.attempts: list[Attempt] = []
 
     def bind(self, message: Outbound) -> None:
         self.tenant_id = message.tenant_id
@@ -282,25 +255,65 @@ class _Context:
         self.type = message.type
 
 
-def _log_outcome(ctx: _Context, outcome: Outcome, settled: str, total_ms: float) -> None:
-    failure = getattr(outcome, "failure", None)
-    fields = {
+def _attempt(ctx: _Context, at: datetime, outcome: str, err: GraphError, category: str) -> Attempt:
+    return Attempt(
+        ctx.attempt,
+        at,
+        ctx.latency_ms or 0.0,
+        outcome,
+        http_status=err.status,
+        code=err.code_text,
+        subcode=err.subcode,
+        category=category,
+        message=err.message,
+        ambiguous=err.maybe_sent,
+    )
+
+
+def _record(outcome: Outcome, ctx: _Context) -> Record:
+    """The ledger's view of an outcome."""
+    retries = ctx.attempt - 1
+    if isinstance(outcome, Delivered):
+        return Record("sent", retries, wamid=outcome.wamid)
+    if isinstance(outcome, Retry):
+        f = outcome.failure
+        status = "retry_scheduled" if outcome.counts else "waiting"
+        return Record(
+            status,
+            retries + outcome.counts,
+            code=f.code,
+            category=f.category,
+            message=f.message,
+            next_in=outcome.delay,
+        )
+    if isinstance(outcome, Dead):
+        f = outcome.failure
+        return Record("dead", retries, code=f.code, category=f.category, message=f.message)
+    return Record("pending", retries)  # handed back: free for the next consumer at once
+
+
+def _log_outcome(
+    ctx: _Context, outcome: Outcome, short: str, settled: str, total_ms: float
+) -> None:
+    fields: dict[str, object] = {
         "tenant_id": ctx.tenant_id,
         "internal_id": ctx.internal_id,
         "type": ctx.type,
         "attempt": ctx.attempt,
-        "outcome": _short(outcome),
+        "outcome": short,
         "settled": settled,
         "latency_ms": round(ctx.latency_ms, 1) if ctx.latency_ms is not None else None,
         "total_ms": round(total_ms, 1),
     }
-    if failure is not None:
-        fields["code"] = failure.code
-        fields["category"] = failure.category
-        fields["error"] = failure.message[:300]
-        log.warning("message", **fields) if _short(outcome) == "dead" else log.info(
-            "message", **fields
-        )
+    failure = getattr(outcome, "failure", None)
+    if failure is None:
+        log.info("message", **fields)
+        return
+    fields["code"] = failure.code
+    fields["category"] = failure.category
+    fields["error"] = failure.message[:300]
+    if isinstance(outcome, Dead):
+        log.warning("message", **fields)
     else:
         log.info("message", **fields)
 

@@ -6,7 +6,9 @@ the pipeline calls the seam and never asks whether the feature exists.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -17,6 +19,7 @@ class Claim(StrEnum):
     CLAIMED = "claimed"  # ours to send
     ALREADY_SENT = "already_sent"  # ack without sending
     BUSY = "busy"  # another live consumer holds it: come back later
+    CRASH_LOOP = "crash_loop"  # claimed too often with no recorded outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +27,40 @@ class Attempt:
     """One call to the Cloud API, as the ledger records it."""
 
     number: int
+    started_at: datetime
     latency_ms: float
-    outcome: str  # sent | retry | dead
+    outcome: str  # sent | refresh | retry | dead
     http_status: int | None = None
     code: str | None = None
     subcode: int | None = None
     category: str | None = None
     message: str | None = None
-    wamid: str | None = None
     ambiguous: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A message's state after this delivery, as the ledger keeps it."""
+
+    status: str  # sent | retry_scheduled | waiting | dead | pending
+    retries: int
+    wamid: str | None = None
+    code: str | None = None
+    category: str | None = None
+    message: str | None = None
+    next_in: float | None = None  # seconds until it comes back from a wait queue
+
+
 class Ledger(Protocol):
+    """Claims a message before its send and records its outcome before its ack."""
+
+    counts_deliveries: bool  # True: the ledger bounds crash loops (no header counting)
+
     async def claim(self, message: Outbound) -> Claim: ...
 
-    async def record_attempt(self, message: Outbound, attempt: Attempt) -> None: ...
+    async def finish(
+        self, message: Outbound, record: Record, attempts: Sequence[Attempt]
+    ) -> None: ...
 
 
 class Limiter(Protocol):
@@ -54,10 +76,12 @@ class Limiter(Protocol):
 class NullLedger:
     """No ledger: every message is ours to send; nothing is recorded."""
 
+    counts_deliveries = False
+
     async def claim(self, message: Outbound) -> Claim:
         return Claim.CLAIMED
 
-    async def record_attempt(self, message: Outbound, attempt: Attempt) -> None:
+    async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
         return None
 
 

@@ -34,8 +34,11 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     prefetch: int = Field(default=200, ge=1, le=65535)
 
-    # Ledger (used by the ledger; accepted here so one .env serves every command)
+    # Ledger (off when no database URL is set)
     database_url: str | None = None
+    database_pool_size: int = Field(default=4, ge=1, le=100)
+    database_statement_timeout_ms: int = Field(default=5000, ge=100)
+    claim_lease_seconds: float = Field(default=60.0, gt=0)
 
     # Cloud API
     graph_api_url: str = "https://graph.facebook.com"

@@ -1,0 +1,208 @@
+"""The ledger's commands: ``db migrate``, ``db prune`` and ``status INTERNAL_ID`` (SPEC §8-§9).
+
+``cli`` mounts these and this module borrows ``cli``'s helpers inside each command, never
+at import time, because ``cli`` imports this module while it is itself being loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from .errors import LedgerUnavailable, WaConsumerError
+
+if TYPE_CHECKING:
+    import asyncpg
+
+T = TypeVar("T")
+
+_CONNECT_TIMEOUT = 5.0
+
+db_app = typer.Typer(
+    name="db", help="The ledger's database (SPEC §9).", no_args_is_help=True
+)
+
+
+def _database_url() -> str:
+    from .cli import fail, settings_or_exit
+
+    url = settings_or_exit().database_url
+    if not url:
+        raise fail("WA_DATABASE_URL is not set; the ledger commands need its database", 2)
+    return url
+
+
+def _on_ledger(url: str, work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+    """Run ``work`` on a connection of its own; any failure ends the command with one line."""
+    import asyncpg
+
+    from .cli import fail, run_async
+
+    async def main() -> T:
+        try:
+            connection = await asyncpg.connect(url, timeout=_CONNECT_TIMEOUT)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise LedgerUnavailable(f"cannot open the ledger: {exc}") from exc
+        try:
+            return await work(connection)
+        except asyncpg.UndefinedTableError:
+            raise LedgerUnavailable(
+                "the ledger has no tables yet; run `wa-consumer db migrate` first"
+            ) from None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LedgerUnavailable(f"ledger query failed: {exc}") from exc
+        finally:
+            await connection.close(timeout=_CONNECT_TIMEOUT)
+
+    try:
+        return run_async(main())
+    except WaConsumerError as exc:
+        raise fail(str(exc), 1) from None
+
+
+@db_app.command("migrate")
+def migrate_command() -> None:
+    """Apply the missing schema migrations (safe while daemons run or start)."""
+    from .ledger.migrate import migrate
+
+    applied = _on_ledger(_database_url(), migrate)
+    for name in applied:
+        typer.echo(f"applied {name}")
+    if not applied:
+        typer.echo("up to date")
+
+
+@db_app.command("prune")
+def prune_command(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Remove sent and dead messages not updated for this long: 30d, 12h, 2w...",
+        ),
+    ],
+    batch: Annotated[
+        int, typer.Option(min=1, help="Rows deleted per statement (keeps each lock short).")
+    ] = 5000,
+) -> None:
+    """Delete old sent and dead messages and their attempts; others are never touched."""
+    from .cli import fail
+    from .ledger.queries import parse_age, prune
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise fail(f"--older-than: {exc}", 2) from None
+    url = _database_url()
+    removed = _on_ledger(url, lambda connection: prune(connection, age, batch))
+    typer.echo(f"removed {removed} message records older than {older_than} (with their attempts)")
+
+
+def status_command(
+    internal_id: Annotated[str, typer.Argument(help="The message's metadata.internalId.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """The ledger's record of one message and its attempts."""
+    from .cli import fail
+    from .ledger.queries import message_status
+
+    url = _database_url()
+    record = _on_ledger(url, lambda connection: message_status(connection, internal_id))
+    if record is None:
+        raise fail(f"no message {internal_id!r} in the ledger", 1)
+    if json_:
+        import orjson
+
+        typer.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _show(record)
+
+
+# The readable view. Values are wrapped in Text so that brackets in error messages or
+# metadata are shown as they are, not read as rich markup.
+
+_STATUS_STYLE = {"sent": "green", "dead": "red"}
+
+_FIELDS = (
+    ("tenant", "tenant_id"),
+    ("number", "phone_number_id"),
+    ("recipient", "recipient"),
+    ("type", "type"),
+    ("status", "status"),
+    ("wamid", "wamid"),
+    ("retries", "retries"),
+    ("deliveries", "deliveries"),
+    ("last error code", "last_error_code"),
+    ("last error category", "last_error_category"),
+    ("last error message", "last_error_message"),
+    ("created", "created_at"),
+    ("updated", "updated_at"),
+    ("sent", "sent_at"),
+    ("resolution", "resolution"),
+    ("metadata", "metadata"),
+)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="milliseconds")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, dict | list):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _show(record: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    message = Table(title=f"message {record['internal_id']}", show_header=False, title_justify="left")
+    message.add_column(style="bold", no_wrap=True)
+    # fold: a long wamid breaks at the edge instead of being cut off with an ellipsis.
+    message.add_column(overflow="fold")
+    for label, column in _FIELDS:
+        style = _STATUS_STYLE.get(record["status"], "yellow") if column == "status" else ""
+        message.add_row(label, Text(_text(record[column]), style=style))
+    console.print(message)
+
+    attempts = record["attempts"]
+    if not attempts:
+        console.print("no attempts recorded")
+        return
+    table = Table(title="attempts", title_justify="left")
+    for header in ("#", "started", "latency ms", "HTTP", "code", "subcode", "category"):
+        justify = "right" if header in ("#", "latency ms", "HTTP", "subcode") else "left"
+        table.add_column(header, justify=justify, overflow="fold")
+    table.add_column("outcome")
+    table.add_column("ambiguous")
+    for attempt in attempts:
+        table.add_row(
+            *(
+                Text(_text(attempt[column]))
+                for column in (
+                    "attempt",
+                    "started_at",
+                    "latency_ms",
+                    "http_status",
+                    "code",
+                    "subcode",
+                    "category",
+                    "outcome",
+                    "ambiguous",
+                )
+            )
+        )
+    console.print(table)

@@ -1,0 +1,123 @@
+"""Where the demo's queues live, so that it never touches anyone else's messages.
+
+Preferred: a vhost of its own on the local broker (``rabbitmqctl add_vhost``), deleted at the
+end with everything in it. Where ``rabbitmqctl`` is missing or refused (a remote broker, no
+rights), every exchange and queue gets a name unique to this run in the configured vhost
+instead, and those are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from yarl import URL
+
+from ..classify import retry_queue_name
+from ..settings import Settings
+from ..topology import connect
+
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_CTL_TIMEOUT = 30.0
+
+
+class CtlError(Exception):
+    """``rabbitmqctl`` could not do what was asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """The broker settings of the demo's run, and how to clean them up."""
+
+    amqp_url: str
+    vhost: str | None
+    """The demo's own vhost; None when unique names in the configured vhost are used."""
+    names: dict[str, Any] = field(default_factory=dict)
+    """Settings overrides renaming every exchange and queue (unique-names mode only)."""
+    prefix: str = ""
+    note: str = ""
+    """Why the unique-names mode was chosen."""
+
+    def where(self) -> str:
+        """The place in words, without the password."""
+        url = URL(self.amqp_url)
+        host = f"{url.host}:{url.port}"
+        if self.vhost is not None:
+            return f"vhost {self.vhost} on {host} (its own, deleted at the end)"
+        vhost = url.path[1:] or "/"
+        return f"names starting {self.prefix}- in vhost {vhost} on {host} ({self.note})"
+
+
+def _ctl(*args: str) -> None:
+    try:
+        subprocess.run(  # noqa: S603 - fixed program, arguments built here
+            ["rabbitmqctl", "-q", *args],  # noqa: S607 - found on PATH, checked by prepare()
+            check=True,
+            capture_output=True,
+            timeout=_CTL_TIMEOUT,
+        )
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.stdout or b"").decode(errors="replace").strip()
+        raise CtlError(detail.splitlines()[-1] if detail else f"exit {exc.returncode}") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CtlError(str(exc)) from None
+
+
+def prepare(settings: Settings) -> Place:
+    """A fresh vhost when the broker is local and ``rabbitmqctl`` works, else unique names."""
+    tag = secrets.token_hex(4)
+    url = URL(settings.amqp_url)
+    if shutil.which("rabbitmqctl") is None:
+        note = "rabbitmqctl not found"
+    elif url.host not in _LOCAL_HOSTS:
+        note = f"the broker at {url.host} is not local"
+    else:
+        vhost = f"wa-demo-{tag}"
+        try:
+            _ctl("add_vhost", vhost)
+            try:
+                _ctl("set_permissions", "-p", vhost, url.user or "guest", ".*", ".*", ".*")
+            except CtlError:
+                remove_vhost(vhost)
+                raise
+        except CtlError as exc:
+            note = f"rabbitmqctl failed: {exc}"
+        else:
+            return Place(str(url.with_path(f"/{vhost}")), vhost)
+    prefix = f"wa-demo-{tag}"
+    names = {
+        "exchange": f"{prefix}-exchange",
+        "dead_letter_exchange": f"{prefix}-dlx",
+        "queue": f"{prefix}-processed",
+        "dead_letter_queue": f"{prefix}-failed",
+        "retry_queue_prefix": f"{prefix}-retry-",
+    }
+    return Place(settings.amqp_url, None, names, prefix, note)
+
+
+def remove_vhost(vhost: str) -> str | None:
+    """Delete the vhost and all in it; the error in words if that failed."""
+    try:
+        _ctl("delete_vhost", vhost)
+    except CtlError as exc:
+        return str(exc)
+    return None
+
+
+async def remove_names(settings: Settings) -> None:
+    """Delete the queues and exchanges of a unique-names run (whatever is left of them)."""
+    connection = await connect(settings.amqp_url)
+    try:
+        # Deleting what does not exist succeeds: a run that failed early cleans up the same way.
+        queues = [settings.queue, settings.dead_letter_queue]
+        queues += [retry_queue_name(d, settings.retry_queue_prefix) for d in settings.retry_delays]
+        async with connection.channel() as channel:
+            for name in queues:
+                await channel.queue_delete(name)
+            for name in (settings.exchange, settings.dead_letter_exchange):
+                await channel.exchange_delete(name)
+    finally:
+        await connection.close()

@@ -1,0 +1,94 @@
+"""Group commit: the writes of concurrent messages go to PostgreSQL as one statement.
+
+While one batch is being written, new items gather; when it returns, they go together. Under
+load a batch holds hundreds of items; at rest, one item goes at once (no timer to wait for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+I = TypeVar("I")  # noqa: E741 - item
+R = TypeVar("R")  # result
+
+
+class Batcher(Generic[I, R]):
+    """Calls ``write(items)`` with everything submitted since the last call.
+
+    ``write`` returns one result per item. When it raises, ``keep_on_error`` decides: False
+    fails every waiter with the error; True keeps the items and writes them again later
+    (results that must not be lost, such as a send that Meta accepted).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[I]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 500,
+        concurrency: int = 2,
+        keep_on_error: bool = False,
+        retry_interval: float = 1.0,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._max = max_batch
+        self._slots = concurrency
+        self._keep = keep_on_error
+        self._retry_interval = retry_interval
+        self._on_error = on_error
+        self._pending: list[tuple[I, asyncio.Future[R]]] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def submit(self, item: I) -> asyncio.Future[R]:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._kick()
+        return future
+
+    def _kick(self) -> None:
+        while self._pending and self._running < self._slots:
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            self._running += 1
+            task = asyncio.create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        retry = False
+        try:
+            results = await self._write([item for item, _ in batch])
+        except Exception as exc:  # the database's errors, whatever their class
+            if self._on_error is not None:
+                self._on_error(exc)
+            if self._keep:
+                self._pending[:0] = [(i, f) for i, f in batch if not f.cancelled()]
+                retry = True
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._running -= 1
+        if retry:
+            await asyncio.sleep(self._retry_interval)
+        self._kick()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Wait for what is queued to be written (up to ``timeout``), then stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._pending or self._tasks) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

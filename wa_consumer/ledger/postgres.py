@@ -1,0 +1,247 @@
+"""The ledger in PostgreSQL (SPEC §9): claims and results, batched.
+
+Per message there are two writes, each grouped with those of concurrent messages into one
+statement: the claim before the send, and the finish (attempt rows plus the new status)
+before the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..errors import LedgerUnavailable
+from ..logs import get_logger
+from ..message import Outbound
+from ..seams import Attempt, Claim, Record
+from .batch import Batcher
+from .migrate import migrate
+
+log = get_logger("ledger")
+
+_CLAIM = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS t(internal_id, tenant_id, phone_number_id, recipient, type, metadata)
+), claimed AS (
+    INSERT INTO wa_messages AS m (internal_id, tenant_id, phone_number_id, recipient, type,
+        metadata, status, claimed_by, claim_expires_at, deliveries)
+    SELECT internal_id, tenant_id, phone_number_id, recipient, type, metadata::jsonb,
+        'claimed', $7, now() + make_interval(secs => $8), 1
+    FROM input
+    ON CONFLICT (internal_id) DO UPDATE SET
+        status = 'claimed', claimed_by = EXCLUDED.claimed_by,
+        claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
+        updated_at = now()
+    WHERE m.status <> 'sent'
+      AND NOT (m.status = 'claimed' AND m.claim_expires_at > now())
+    RETURNING m.internal_id, m.deliveries
+)
+SELECT i.internal_id, c.deliveries, m.status AS before
+FROM input i
+LEFT JOIN claimed c ON c.internal_id = i.internal_id
+LEFT JOIN wa_messages m ON m.internal_id = i.internal_id
+"""
+
+_ATTEMPTS = """
+INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
+    code, subcode, category, message, ambiguous, consumer)
+SELECT *, $12 FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::real[], $5::text[],
+    $6::int[], $7::text[], $8::int[], $9::text[], $10::text[], $11::bool[])
+"""
+
+_FINISH = """
+UPDATE wa_messages m SET
+    status = u.status,
+    wamid = COALESCE(u.wamid, m.wamid),
+    retries = u.retries,
+    last_error_code = COALESCE(u.code, m.last_error_code),
+    last_error_category = COALESCE(u.category, m.last_error_category),
+    last_error_message = COALESCE(u.message, m.last_error_message),
+    next_attempt_at = u.next_at,
+    sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
+    deliveries = 0, claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
+    $8::timestamptz[]) AS u(internal_id, status, wamid, retries, code, category, message, next_at)
+WHERE m.internal_id = u.internal_id AND (m.status <> 'sent' OR u.status = 'sent')
+"""
+
+
+def consumer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class PostgresLedger:
+    """Claims before the send, results before the ack, in batched statements."""
+
+    counts_deliveries = True
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        lease_seconds: float = 60.0,
+        max_deliveries: int = 5,
+        finish_timeout: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._lease = lease_seconds
+        self._max_deliveries = max_deliveries
+        self._finish_timeout = finish_timeout
+        self.consumer = consumer_id()
+        self._healthy = True
+        self._claims: Batcher[Outbound, Claim] = Batcher(self._write_claims, on_error=self._down)
+        self._finishes: Batcher[tuple[Outbound, Record, Sequence[Attempt]], None] = Batcher(
+            self._write_finishes, keep_on_error=True, on_error=self._down
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 4,
+        statement_timeout_ms: int = 5000,
+        apply_migrations: bool = True,
+        **kwargs: Any,
+    ) -> PostgresLedger:
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                timeout=5,
+                command_timeout=statement_timeout_ms / 1000 + 1,
+                server_settings={"statement_timeout": str(statement_timeout_ms)},
+            )
+            if apply_migrations:
+                async with pool.acquire() as connection:
+                    applied = await migrate(connection)
+                if applied:
+                    log.info("ledger_migrated", applied=applied)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise LedgerUnavailable(f"cannot open the ledger: {exc}") from None
+        return cls(pool, **kwargs)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def _down(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.error("ledger_unreachable", error=f"{type(exc).__name__}: {exc}"[:300])
+        self._healthy = False
+
+    async def ping(self) -> bool:
+        """True when the database answers; marks the ledger healthy again."""
+        try:
+            async with asyncio.timeout(2):
+                await self._pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        if not self._healthy:
+            log.info("ledger_reachable")
+        self._healthy = True
+        return True
+
+    async def claim(self, message: Outbound) -> Claim:
+        try:
+            return await self._claims.submit(message)
+        except LedgerUnavailable:
+            raise
+        except Exception as exc:
+            raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
+
+    async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
+        future = self._finishes.submit((message, record, attempts))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self._finish_timeout)
+        except TimeoutError:
+            # Kept in the batch and written when the database is back; the message is settled
+            # now so the broker is not held up by the ledger.
+            log.warning("ledger_finish_deferred", internal_id=message.internal_id)
+
+    async def _write_claims(self, items: Sequence[Outbound]) -> list[Claim]:
+        # One claim per internalId per statement: ON CONFLICT cannot touch a row twice.
+        unique = list({m.internal_id: m for m in reversed(items)}.values())
+        rows = await self._pool.fetch(
+            _CLAIM,
+            [m.internal_id for m in unique],
+            [m.tenant_id for m in unique],
+            [m.phone_number_id for m in unique],
+            [m.to for m in unique],
+            [m.type for m in unique],
+            [orjson.dumps(dict(m.extra)).decode() if m.extra else None for m in unique],
+            self.consumer,
+            self._lease,
+        )
+        verdict: dict[str, Claim] = {}
+        for row in rows:
+            deliveries = row["deliveries"]
+            if deliveries is not None:
+                verdict[row["internal_id"]] = (
+                    Claim.CRASH_LOOP if deliveries > self._max_deliveries else Claim.CLAIMED
+                )
+            elif row["before"] == "sent":
+                verdict[row["internal_id"]] = Claim.ALREADY_SENT
+            else:
+                verdict[row["internal_id"]] = Claim.BUSY
+        self._healthy = True
+        out, seen = [], set()
+        for m in items:
+            # A second copy in the same batch waits for the first.
+            out.append(Claim.BUSY if m.internal_id in seen else verdict[m.internal_id])
+            seen.add(m.internal_id)
+        return out
+
+    async def _write_finishes(
+        self, items: Sequence[tuple[Outbound, Record, Sequence[Attempt]]]
+    ) -> list[None]:
+        attempts = [(m.internal_id, a) for m, _, atts in items for a in atts]
+        now = datetime.now(UTC)
+        async with self._pool.acquire() as connection, connection.transaction():
+            if attempts:
+                await connection.execute(
+                    _ATTEMPTS,
+                    [i for i, _ in attempts],
+                    [a.number for _, a in attempts],
+                    [a.started_at for _, a in attempts],
+                    [a.latency_ms for _, a in attempts],
+                    [a.outcome for _, a in attempts],
+                    [a.http_status for _, a in attempts],
+                    [a.code for _, a in attempts],
+                    [a.subcode for _, a in attempts],
+                    [a.category for _, a in attempts],
+                    [a.message for _, a in attempts],
+                    [a.ambiguous for _, a in attempts],
+                    self.consumer,
+                )
+            await connection.execute(
+                _FINISH,
+                [m.internal_id for m, _, _ in items],
+                [r.status for _, r, _ in items],
+                [r.wamid for _, r, _ in items],
+                [r.retries for _, r, _ in items],
+                [r.code for _, r, _ in items],
+                [r.category for _, r, _ in items],
+                [r.message for _, r, _ in items],
+                [
+                    now + timedelta(seconds=r.next_in) if r.next_in is not None else None
+                    for _, r, _ in items
+                ],
+            )
+        self._healthy = True
+        return [None] * len(items)
+
+    async def close(self) -> None:
+        await self._finishes.close()
+        await self._claims.close()
+        await self._pool.close()
