@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -74,6 +74,7 @@ PUBLISH_BATCH = 1000  # publishes in flight before their confirms are awaited
 POLL_START = 0.01  # seconds between polls while waiting for the daemon's consumer
 POLL_DRAIN = 0.1  # seconds between polls while it drains
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CORES = f"{(os.cpu_count() or 1) * 100}%"
 
 
 class BenchError(Exception):
@@ -91,8 +92,9 @@ class FloorRun:
     rate: float
     steady_rate: float  # between the 10% and the 90% mark
     prefill_rate: float
-    cpu_bench: float | None  # share of one core over the drain
+    cpu_bench: float | None  # cores used over the drain (1.0: one core busy)
     cpu_broker: float | None
+    cpu_machine: float | None  # every process of the machine
 
 
 @dataclass
@@ -110,8 +112,10 @@ class DaemonRun:
     peak_rss_mb: float | None  # VmHWM before the stop
     rss_at_start_mb: float
     cpu_daemon: float | None
+    cpu_daemon_system: float | None  # the part of cpu_daemon spent in the kernel
     cpu_sandbox: float | None
     cpu_broker: float | None
+    cpu_machine: float | None
     sandbox_outcomes: dict[str, int]
     log_lines: int  # lines the daemon wrote at WARNING and up
 
@@ -131,6 +135,12 @@ async def bounded(awaitable: Awaitable[T], seconds: float, what: str) -> T:
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:
         raise BenchError(f"{what}: no answer within {seconds:.0f} s") from None
+
+
+async def close_quietly(connection: AbstractConnection) -> None:
+    """Close on the way out, without hiding the error that got us there."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.close(), 10)
 
 
 class Deadline:
@@ -193,15 +203,16 @@ def proc_status_kb(pid: int, key: str) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User plus system CPU time of ``pid`` so far, None when it cannot be read."""
+def cpu_seconds(pid: int | None, *, system_only: bool = False) -> float | None:
+    """CPU time of ``pid`` so far (user plus system, or system only), None if unreadable."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        utime, stime = int(fields[11]), int(fields[12])
     except (OSError, ValueError, IndexError):
         return None
+    return (stime if system_only else utime + stime) / CLOCK_TICKS
 
 
 def broker_pid() -> int | None:
@@ -213,29 +224,39 @@ def broker_pid() -> int | None:
     return None
 
 
-class CpuMeter:
-    """Share of one core each watched process used between ``start`` and ``stop``."""
+def machine_cpu_seconds() -> float | None:
+    """CPU time all processes of the machine used so far (``/proc/stat``, idle excluded)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self._pids = pids
+
+def pid_cpu(pid: int | None, *, system_only: bool = False) -> Callable[[], float | None]:
+    return lambda: cpu_seconds(pid, system_only=system_only)
+
+
+class CpuMeter:
+    """Cores each reader's CPU time used between ``start`` and ``stop`` (1.0: one core)."""
+
+    def __init__(self, readers: dict[str, Callable[[], float | None]]) -> None:
+        self._readers = readers
         self._start: dict[str, float | None] = {}
         self._t0 = 0.0
         self.shares: dict[str, float | None] = {}
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
-        self._start = {name: self._read(pid) for name, pid in self._pids.items()}
+        self._start = {name: read() for name, read in self._readers.items()}
 
     def stop(self) -> None:
         wall = time.perf_counter() - self._t0
-        for name, pid in self._pids.items():
-            before, after = self._start.get(name), self._read(pid)
+        for name, read in self._readers.items():
+            before, after = self._start.get(name), read()
             ok = before is not None and after is not None and wall > 0
             self.shares[name] = (after - before) / wall if ok else None  # type: ignore[operator]
-
-    @staticmethod
-    def _read(pid: int | None) -> float | None:
-        return time.process_time() if pid == os.getpid() else cpu_seconds(pid)
 
 
 def crossing(samples: Sequence[tuple[float, int]], target: float) -> float:
@@ -314,38 +335,48 @@ def daemon_env(settings: Settings) -> dict[str, str]:
 
 
 async def prefill(connection: AbstractConnection, settings: Settings, n: int) -> float:
-    """Publish ``n`` messages through the exchange with confirms; returns messages/s."""
-    bodies = [(TENANTS[i % len(TENANTS)], envelope(i, TENANTS[i % len(TENANTS)])) for i in range(n)]
-    encoded = [(tenant, orjson.dumps(message)) for tenant, message in bodies]
-    parse(encoded[0][1])  # the daemon's own check: the bench's envelope has not drifted
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    """Publish ``n`` messages as producers do, confirmed in batches; returns messages/s."""
+    messages = [envelope(i, TENANTS[i % len(TENANTS)]) for i in range(n)]
+    encoded = [
+        (m["metadata"]["tenantId"], m["metadata"]["internalId"], orjson.dumps(m)) for m in messages
+    ]
+    parse(encoded[0][2])  # the daemon's own check: the bench's envelope has not drifted
+    channel = await bounded(
+        connection.channel(publisher_confirms=True, on_return_raises=True), 10, "open channel"
+    )
     started = time.perf_counter()
     try:
-        exchange = await channel.get_exchange(settings.exchange)
+        exchange = await bounded(channel.get_exchange(settings.exchange), 10, "get exchange")
         now = dt.datetime.now(dt.UTC)
         for first in range(0, n, PUBLISH_BATCH):
-            batch = encoded[first : first + PUBLISH_BATCH]
             publishes = [
-                exchange.publish(
-                    aio_pika.Message(
-                        body,
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=str(i),
-                        timestamp=now,
-                    ),
-                    routing_key=f"{settings.routing_key_prefix}.{tenant}",
-                    mandatory=True,
+                asyncio.ensure_future(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            message_id=internal_id,
+                            timestamp=now,
+                        ),
+                        routing_key=f"{settings.routing_key_prefix}.{tenant}",
+                        mandatory=True,
+                    )
                 )
-                for i, (tenant, body) in enumerate(batch, start=first)
+                for tenant, internal_id, body in encoded[first : first + PUBLISH_BATCH]
             ]
-            confirms = await bounded(
-                asyncio.gather(*publishes), 60, f"prefill: confirms after {first:,} of {n:,}"
-            )
-            if not all(isinstance(c, aiormq.spec.Basic.Ack) for c in confirms):
+            try:
+                _, pending = await asyncio.wait(publishes, timeout=60)
+            finally:
+                for publish in publishes:
+                    publish.cancel()  # only those still waiting: on a deadline or an interrupt
+            if pending:
+                raise BenchError(f"prefill: no confirms within 60 s after {first:,} of {n:,}")
+            if not all(isinstance(p.result(), aiormq.spec.Basic.Ack) for p in publishes):
                 raise BenchError(f"prefill: the broker refused messages after {first:,} of {n:,}")
     finally:
-        await channel.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.close(), 10)
     return n / (time.perf_counter() - started)
 
 
@@ -373,7 +404,13 @@ async def run_floor(
         prefill_rate = await prefill(admin, settings, n)
 
         connection = await bounded(aio_pika.connect_robust(amqp_url, timeout=10), 15, "connect")
-        meter = CpuMeter({"bench": os.getpid(), "broker": broker_pid()})
+        meter = CpuMeter(
+            {
+                "bench": time.process_time,
+                "broker": pid_cpu(broker_pid()),
+                "machine": machine_cpu_seconds,
+            }
+        )
         marks: dict[int, float] = {}
         mark_at = {n // 10, (9 * n) // 10, n}
         acked = 0
@@ -406,12 +443,12 @@ async def run_floor(
             meter.stop()
             await bounded(queue.cancel(tag), 10, "floor: cancel consumer")
         finally:
-            await bounded(connection.close(), 10, "floor: close connection")
+            await close_quietly(connection)
         ready, _ = await depth(admin, settings.queue)
         if ready:
             raise BenchError(f"floor round {round_no}: {ready:,} messages left in the queue")
     finally:
-        await bounded(admin.close(), 10, "close connection")
+        await close_quietly(admin)
 
     seconds = marks[n] - marks[0]
     steady = ((9 * n) // 10 - n // 10) / (marks[(9 * n) // 10] - marks[n // 10])
@@ -424,6 +461,7 @@ async def run_floor(
         prefill_rate=prefill_rate,
         cpu_bench=meter.shares["bench"],
         cpu_broker=meter.shares["broker"],
+        cpu_machine=meter.shares["machine"],
     )
 
 
@@ -519,7 +557,15 @@ async def run_daemon(
         spawned = time.perf_counter()
         process, log = spawn_daemon(settings, workdir, round_no, children)
         pid = process.pid
-        meter = CpuMeter({"daemon": pid, "sandbox": sandbox.process.pid, "broker": broker_pid()})
+        meter = CpuMeter(
+            {
+                "daemon": pid_cpu(pid),
+                "daemon_system": pid_cpu(pid, system_only=True),
+                "sandbox": pid_cpu(sandbox.process.pid),
+                "broker": pid_cpu(broker_pid()),
+                "machine": machine_cpu_seconds,
+            }
+        )
         rss_max = 0
 
         def alive() -> None:
@@ -584,7 +630,7 @@ async def run_daemon(
                 f"{sent:,} requests for {n:,} messages, left in queues {left}"
             )
     finally:
-        await bounded(admin.close(), 10, "close connection")
+        await close_quietly(admin)
 
     log_lines = len(log.read_text(errors="replace").splitlines())
     return DaemonRun(
@@ -601,8 +647,10 @@ async def run_daemon(
         peak_rss_mb=peak / 1024 if peak else None,
         rss_at_start_mb=rss_start / 1024,
         cpu_daemon=meter.shares["daemon"],
+        cpu_daemon_system=meter.shares["daemon_system"],
         cpu_sandbox=meter.shares["sandbox"],
         cpu_broker=meter.shares["broker"],
+        cpu_machine=meter.shares["machine"],
         sandbox_outcomes=outcomes,
         log_lines=log_lines,
     )
@@ -664,7 +712,8 @@ def describe_floor(run: FloorRun) -> str:
     return (
         f"  floor  #{run.round}: {run.messages:,} in {run.seconds:.2f} s = {run.rate:,.0f} msg/s"
         f" (steady {run.steady_rate:,.0f}); prefill {run.prefill_rate:,.0f} msg/s;"
-        f" cpu consumer {_pct(run.cpu_bench)}, broker {_pct(run.cpu_broker)}"
+        f" cpu consumer {_pct(run.cpu_bench)}, broker {_pct(run.cpu_broker)},"
+        f" machine {_pct(run.cpu_machine)} of {CORES}"
     )
 
 
@@ -674,8 +723,10 @@ def describe_daemon(run: DaemonRun) -> str:
         f" (steady {run.steady_rate:,.0f}); prefill {run.prefill_rate:,.0f} msg/s;"
         f" start {run.startup_seconds:.2f} s, stop {run.shutdown_seconds:.2f} s, exit"
         f" {run.exit_code}; rss {run.rss_at_start_mb:.0f} -> max {run.max_rss_mb:.0f} MB"
-        f" (peak {run.peak_rss_mb or 0:.0f}); cpu daemon {_pct(run.cpu_daemon)},"
-        f" sandbox {_pct(run.cpu_sandbox)}, broker {_pct(run.cpu_broker)};"
+        f" (peak {run.peak_rss_mb or 0:.0f}); cpu daemon {_pct(run.cpu_daemon)}"
+        f" ({_pct(run.cpu_daemon_system)} kernel),"
+        f" sandbox {_pct(run.cpu_sandbox)}, broker {_pct(run.cpu_broker)},"
+        f" machine {_pct(run.cpu_machine)} of {CORES};"
         f" {run.log_lines} log lines"
     )
 
@@ -729,12 +780,27 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_loop(coro: Awaitable[None]) -> None:
-    """On uvloop, as the daemon runs, so that the floor is measured on the same loop."""
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """On uvloop, as the daemon runs, so that the floor is measured on the same loop.
+
+    SIGTERM cancels the run, as Ctrl-C does, so that every ``finally`` on the way out runs
+    (children stopped, connections closed); outside the loop it raises KeyboardInterrupt.
+    """
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)  # type: ignore[arg-type]
+    async def cancellable() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await coro
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(cancellable())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -792,8 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_loop(bench(args, vhost, Path(tmp), results, children))
             finally:
                 stop_children(children)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
+    except (BenchError, aiormq.exceptions.AMQPError, aiohttp.ClientError, OSError) as exc:
+        text = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        print(f"bench: {text}", file=sys.stderr)
         done = len(results.floor) + len(results.daemon)
         print(f"bench: failed after {done} completed measurement(s)", file=sys.stderr)
         return 1

@@ -225,3 +225,9 @@ def demo(
 
 def main() -> None:
     app()
+
+
+from .cli_ledger import db_app, status_command  # noqa: E402  (mounted last: uses the helpers above)
+
+app.add_typer(db_app, name="db")
+app.command("status")(status_command)

@@ -7,7 +7,7 @@ at import time, because ``cli`` imports this module while it is itself being loa
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -15,15 +15,14 @@ import typer
 from .errors import LedgerUnavailable, WaConsumerError
 
 if TYPE_CHECKING:
+    # Imported in the commands at run time: asyncpg and rich would slow every other command.
     import asyncpg
 
 T = TypeVar("T")
 
 _CONNECT_TIMEOUT = 5.0
 
-db_app = typer.Typer(
-    name="db", help="The ledger's database (SPEC §9).", no_args_is_help=True
-)
+db_app = typer.Typer(name="db", help="The ledger's database (SPEC §9).", no_args_is_help=True)
 
 
 def _database_url() -> str:
@@ -99,7 +98,7 @@ def prune_command(
         raise fail(f"--older-than: {exc}", 2) from None
     url = _database_url()
     removed = _on_ledger(url, lambda connection: prune(connection, age, batch))
-    typer.echo(f"removed {removed} message records older than {older_than} (with their attempts)")
+    typer.echo(f"removed {removed} sent or dead messages not updated for {older_than}")
 
 
 def status_command(
@@ -126,6 +125,20 @@ def status_command(
 # metadata are shown as they are, not read as rich markup.
 
 _STATUS_STYLE = {"sent": "green", "dead": "red"}
+# (header, column, right-aligned)
+_ATTEMPT_COLUMNS = (
+    ("#", "attempt", True),
+    ("started", "started_at", False),
+    ("latency ms", "latency_ms", True),
+    ("HTTP", "http_status", True),
+    ("code", "code", False),
+    ("subcode", "subcode", True),
+    ("category", "category", False),
+    ("outcome", "outcome", False),
+    ("ambiguous", "ambiguous", False),
+)
+_PIPED_WIDTH = 200
+_WIDE = 100  # below this the attempts' columns are one space apart
 
 _FIELDS = (
     ("tenant", "tenant_id"),
@@ -139,9 +152,9 @@ _FIELDS = (
     ("last error code", "last_error_code"),
     ("last error category", "last_error_category"),
     ("last error message", "last_error_message"),
-    ("created", "created_at"),
-    ("updated", "updated_at"),
-    ("sent", "sent_at"),
+    ("created (UTC)", "created_at"),
+    ("updated (UTC)", "updated_at"),
+    ("sent (UTC)", "sent_at"),
     ("resolution", "resolution"),
     ("metadata", "metadata"),
 )
@@ -151,7 +164,8 @@ def _text(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="milliseconds")
+        # Seconds are enough for a person; --json keeps the full precision.
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -164,12 +178,17 @@ def _text(value: object) -> str:
 
 
 def _show(record: dict[str, Any]) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = Console(highlight=False)
-    message = Table(title=f"message {record['internal_id']}", show_header=False, title_justify="left")
+    if not console.is_terminal:
+        # Piped into grep or a file: keep a wamid on one line instead of breaking it at 80.
+        console = Console(highlight=False, width=_PIPED_WIDTH)
+    title = Text(f"message {record['internal_id']}")
+    message = Table(title=title, show_header=False, title_justify="left")
     message.add_column(style="bold", no_wrap=True)
     # fold: a long wamid breaks at the edge instead of being cut off with an ellipsis.
     message.add_column(overflow="fold")
@@ -182,27 +201,21 @@ def _show(record: dict[str, Any]) -> None:
     if not attempts:
         console.print("no attempts recorded")
         return
-    table = Table(title="attempts", title_justify="left")
-    for header in ("#", "started", "latency ms", "HTTP", "code", "subcode", "category"):
-        justify = "right" if header in ("#", "latency ms", "HTTP", "subcode") else "left"
-        table.add_column(header, justify=justify, overflow="fold")
-    table.add_column("outcome")
-    table.add_column("ambiguous")
-    for attempt in attempts:
-        table.add_row(
-            *(
-                Text(_text(attempt[column]))
-                for column in (
-                    "attempt",
-                    "started_at",
-                    "latency_ms",
-                    "http_status",
-                    "code",
-                    "subcode",
-                    "category",
-                    "outcome",
-                    "ambiguous",
-                )
-            )
+    # No vertical rules and narrow gaps: nine columns and a whole timestamp fit in 80.
+    table = Table(
+        title="attempts (times in UTC)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0) if console.width >= _WIDE else 0,
+        show_edge=False,
+    )
+    for header, column, right in _ATTEMPT_COLUMNS:
+        table.add_column(
+            header,
+            justify="right" if right else "left",
+            # Only the latency header may wrap ("latency" / "ms"): the values are short.
+            no_wrap=column != "latency_ms",
         )
+    for attempt in attempts:
+        table.add_row(*(Text(_text(attempt[column])) for _, column, _ in _ATTEMPT_COLUMNS))
     console.print(table)

@@ -27,7 +27,7 @@ from rich.console import Console
 from ..errors import WaConsumerError
 from ..logs import configure_logging
 from ..settings import Settings
-from .isolation import prepare, remove_names, remove_vhost
+from .isolation import Place, prepare, remove_names, remove_vhost
 from .report import report
 from .samples import build_samples
 from .tour import Findings, tour
@@ -44,6 +44,8 @@ DEMO_POLICY: dict[str, Any] = {
     "shutdown_grace_seconds": 5.0,
     "prefetch": 50,
     "metrics_port": 0,
+    # No ledger: the demo's made-up messages stay out of whatever database WA_DATABASE_URL names.
+    "database_url": None,
 }
 """Settings that make the tour take seconds instead of the production ladder's hour."""
 
@@ -73,7 +75,11 @@ def run_demo(
     console = console or _console()
     started = time.monotonic()
     samples = build_samples()
-    place = prepare(settings)
+    try:
+        place = prepare(settings)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
     settings = settings.model_copy(
         update={"amqp_url": place.amqp_url, **place.names, **DEMO_POLICY}
     )
@@ -81,6 +87,7 @@ def run_demo(
     console.print(f"[bold]wa-consumer demo[/]: {len(samples)} messages, end to end")
     console.print(f"  broker      {place.where()}", highlight=False)
     console.print(f"  daemon log  {log_path}", highlight=False)
+    console.print("  ledger      off (nothing is written to WA_DATABASE_URL)", highlight=False)
     code = 1
     with log_path.open("w", encoding="utf-8") as log:
         _log_to(log, settings)
@@ -93,18 +100,18 @@ def run_demo(
         except (WaConsumerError, AMQPError, ConnectionError) as exc:
             console.print(f"[red]demo failed: {exc}[/]")
         finally:
-            code = _clean_up(console, place.vhost, settings, run) or code
+            code = _clean_up(console, place, settings, run) or code
     console.print(f"done in {time.monotonic() - started:.1f} s", highlight=False)
     return code
 
 
-def _clean_up(console: Console, vhost: str | None, settings: Settings, run: Runner) -> int:
+def _clean_up(console: Console, place: Place, settings: Settings, run: Runner) -> int:
     """Remove the demo's vhost (or its queues and exchanges); 1 if that failed."""
-    if vhost is not None:
-        error = remove_vhost(vhost)
-        what = f"vhost {vhost}"
+    if place.vhost is not None:
+        error = remove_vhost(place.vhost)
+        what = f"vhost {place.vhost}"
     else:
-        what = f"queues and exchanges of {settings.queue}"
+        what = f"the queues and exchanges named {place.prefix}-*"
         try:
             run(remove_names(settings))
             error = None

@@ -22,6 +22,7 @@ from ..topology import connect
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _CTL_TIMEOUT = 30.0
+AMQP_PORT = 5672
 
 
 class CtlError(Exception):
@@ -44,7 +45,7 @@ class Place:
     def where(self) -> str:
         """The place in words, without the password."""
         url = URL(self.amqp_url)
-        host = f"{url.host}:{url.port}"
+        host = f"{url.host}:{url.port or AMQP_PORT}"
         if self.vhost is not None:
             return f"vhost {self.vhost} on {host} (its own, deleted at the end)"
         vhost = url.path[1:] or "/"
@@ -72,19 +73,19 @@ def prepare(settings: Settings) -> Place:
     url = URL(settings.amqp_url)
     if shutil.which("rabbitmqctl") is None:
         note = "rabbitmqctl not found"
-    elif url.host not in _LOCAL_HOSTS:
-        note = f"the broker at {url.host} is not local"
+    elif url.host not in _LOCAL_HOSTS or (url.port or AMQP_PORT) != AMQP_PORT:
+        note = f"rabbitmqctl may not manage the broker at {url.host}:{url.port or AMQP_PORT}"
     else:
         vhost = f"wa-demo-{tag}"
         try:
             _ctl("add_vhost", vhost)
-            try:
-                _ctl("set_permissions", "-p", vhost, url.user or "guest", ".*", ".*", ".*")
-            except CtlError:
-                remove_vhost(vhost)
-                raise
+            _ctl("set_permissions", "-p", vhost, url.user or "guest", ".*", ".*", ".*")
         except CtlError as exc:
+            remove_vhost(vhost)  # a half-made vhost; an error here means there was none
             note = f"rabbitmqctl failed: {exc}"
+        except BaseException:  # Ctrl-C while rabbitmqctl ran: leave nothing behind
+            remove_vhost(vhost)
+            raise
         else:
             return Place(str(url.with_path(f"/{vhost}")), vhost)
     prefix = f"wa-demo-{tag}"

@@ -14,7 +14,9 @@ from rich.text import Text
 from .samples import SENT, Sample
 from .tour import DeadLetter, Findings, Tally
 
-ERROR_CHARS = 56
+ERROR_CHARS = 50
+WIDE = 170
+"""Columns from which the error messages fit in the table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,11 @@ class Ending:
         return None
 
 
-def endings(samples: Sequence[Sample], findings: Findings) -> tuple[list[Ending], list[DeadLetter]]:
-    """Each sample's ending, and the dead letters that match no sample."""
+def endings(
+    samples: Sequence[Sample], findings: Findings
+) -> tuple[list[Ending], list[DeadLetter], int]:
+    """Each sample's ending, the dead letters that match no sample, and how many requests
+    match no sample's body (a body changed on its way)."""
     tally = Tally(samples)
     tally.update(findings.requests)
     by_id = {s.internal_id: i for i, s in enumerate(samples)}
@@ -66,7 +71,7 @@ def endings(samples: Sequence[Sample], findings: Findings) -> tuple[list[Ending]
     ends = [
         Ending(s, tally.attempts[i], tally.sends[i], dead.get(i)) for i, s in enumerate(samples)
     ]
-    return ends, strangers
+    return ends, strangers, tally.unknown
 
 
 def _cut(text: str, limit: int = ERROR_CHARS) -> str:
@@ -76,7 +81,7 @@ def _cut(text: str, limit: int = ERROR_CHARS) -> str:
 _STYLE = {"sent": "green", "dead": "red", "pending": "yellow", "sent+dead": "bold red"}
 
 
-def table(ends: Sequence[Ending]) -> Table:
+def table(ends: Sequence[Ending], *, with_errors: bool = True) -> Table:
     """One row per message: what it shows, how many requests it took, where it ended."""
     grid = Table(
         title="Where each message ended",
@@ -84,21 +89,21 @@ def table(ends: Sequence[Ending]) -> Table:
         header_style="bold",
         box=box.SIMPLE_HEAD,
     )
-    # Minimum widths keep the outcome readable in a narrow terminal: the text columns wrap.
-    grid.add_column("#", justify="right", no_wrap=True, min_width=2)
-    grid.add_column("demonstrates", ratio=3, min_width=14)
-    grid.add_column("type", ratio=1, min_width=8)
+    # Minimum widths keep the outcome readable when space runs out: the labels wrap instead.
+    grid.add_column("#", justify="right", no_wrap=True)
+    grid.add_column("demonstrates", min_width=16)
+    grid.add_column("type", min_width=8)
     grid.add_column("tenant", no_wrap=True, min_width=8)
     grid.add_column("attempts", justify="right", no_wrap=True, min_width=3)
     grid.add_column("end", no_wrap=True, min_width=4)
     grid.add_column("category", no_wrap=True, min_width=17)
     grid.add_column("code", no_wrap=True, min_width=6)
-    grid.add_column("x-error-message", ratio=4, min_width=16)
+    if with_errors:
+        grid.add_column("x-error-message", no_wrap=True, overflow="ellipsis", min_width=20)
     grid.add_column("", no_wrap=True, min_width=1)
     for n, end in enumerate(ends, 1):
         letter = end.dead
-        ok = end.problem() is None
-        grid.add_row(
+        cells: list[str | Text] = [
             str(n),
             end.sample.label,
             end.sample.type,
@@ -108,10 +113,27 @@ def table(ends: Sequence[Ending]) -> Table:
             letter.category if letter else "",
             # Failures of our own (tenant_*, invalid, expired) carry their category as code.
             letter.code if letter and letter.code != letter.category else "",
-            _cut(letter.message) if letter else "",
-            Text("✓", style="green") if ok else Text("✗", style="bold red"),
-        )
+        ]
+        if with_errors:
+            cells.append(_cut(letter.message) if letter else "")
+        ok = end.problem() is None
+        cells.append(Text("✓", style="green") if ok else Text("✗", style="bold red"))
+        grid.add_row(*cells)
     return grid
+
+
+def _print_table(console: Console, ends: Sequence[Ending]) -> None:
+    """The table; on a narrow console the error messages follow it, one line each."""
+    wide = console.width >= WIDE
+    console.print(table(ends, with_errors=wide))
+    if wide:
+        return
+    console.print("x-error-message of each dead message:")
+    for n, end in enumerate(ends, 1):
+        if end.dead is not None:
+            console.print(
+                f"{n:>4}  {end.dead.message}", no_wrap=True, overflow="ellipsis", highlight=False
+            )
 
 
 def report(
@@ -122,9 +144,9 @@ def report(
     timeout: float,
 ) -> int:
     """Print the table, the totals and the verdict; 0 when everything ended as expected."""
-    ends, strangers = endings(samples, findings)
+    ends, strangers, unknown = endings(samples, findings)
     console.print()
-    console.print(table(ends))
+    _print_table(console, ends)
 
     by_end = Counter(end.outcome for end in ends)
     retried = sum(1 for e in ends if e.outcome == "sent" and e.attempts > 1)
@@ -159,6 +181,8 @@ def report(
         f"{e.sample.label} ({e.sample.internal_id}): {p}" for e in ends if (p := e.problem())
     ]
     problems += [f"dead letter from no sample: {d.internal_id} ({d.category})" for d in strangers]
+    if unknown:
+        problems.append(f"{unknown} Cloud API requests match no message's body as published")
     if findings.timed_out:
         problems.insert(
             0, f"timed out after {timeout:g} s: the messages marked pending never reached an end"

@@ -121,7 +121,12 @@ def _every_type(to: _Recipients) -> Iterator[Sample]:
             {"link": "https://example.com/a.jpg", "caption": "Your order"},
         ),
         ("video", "video", "video by media id", {"id": "1166846181421424", "caption": "Demo"}),
-        ("audio", "audio", "voice note by link", {"link": "https://example.com/a.ogg"}),
+        (
+            "audio",
+            "audio",
+            "voice note by link",
+            {"link": "https://example.com/a.ogg", "voice": True},
+        ),
         (
             "document",
             "document",
@@ -201,9 +206,9 @@ def _text(to: str) -> dict[str, Any]:
 def _outcomes(to: _Recipients) -> Iterator[Sample]:
     """Failures on purpose: retried then sent, dead for each reason."""
     retried = [
-        (1, "transient 131000 twice, retried, then sent"),
-        (3, "throughput limit 130429 once, then sent"),
-        (4, "pair rate limit 131056 once, then sent"),
+        (1, "transient 131000 twice, then sent"),
+        (3, "throughput limit 130429, then sent"),
+        (4, "pair rate limit 131056, then sent"),
         (5, "proxy HTML 502 once, then sent"),
         (7, "no answer (timeout) once, then sent"),
         (8, "empty 503 once, then sent"),

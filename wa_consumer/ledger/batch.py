@@ -63,7 +63,7 @@ class Batcher(Generic[I, R]):
         retry = False
         try:
             results = await self._write([item for item, _ in batch])
-        except Exception as exc:  # the database's errors, whatever their class
+        except Exception as exc:  # noqa: BLE001 - any database error fails or keeps the batch
             if self._on_error is not None:
                 self._on_error(exc)
             if self._keep:
@@ -83,12 +83,12 @@ class Batcher(Generic[I, R]):
             await asyncio.sleep(self._retry_interval)
         self._kick()
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Wait for what is queued to be written (up to ``timeout``), then stop."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Wait for what is queued to be written (up to ``grace`` seconds), then stop."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (self._pending or self._tasks) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        deadline = loop.time() + grace
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

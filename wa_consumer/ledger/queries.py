@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
 
-Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 # Only messages that reached an end may go: a claimed, waiting or retrying message still has a
 # future, and its row is what keeps a second copy from being sent.

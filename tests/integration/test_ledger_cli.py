@@ -1,0 +1,335 @@
+"""The ledger's commands against the real PostgreSQL: migrate, status, prune (SPEC §8-§9)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from wa_consumer.ledger.migrate import migrate, migrations
+from wa_consumer.ledger.queries import message_status, parse_age, prune, resolve
+
+pytestmark = pytest.mark.integration
+
+WAMID = "wamid.HBgNNDkxNTExMjM0NTY3OBUCABEYEjRBRkM2QjA3NzQ2NDE4RjdFQQA="
+
+
+@pytest.fixture
+async def ledger(database: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection to this run's database with the schema in place."""
+    connection = await asyncpg.connect(database)
+    try:
+        await migrate(connection)
+        yield connection
+    finally:
+        await connection.close()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def add_message(
+    connection: asyncpg.Connection[Any],
+    internal_id: str,
+    status: str,
+    *,
+    age: timedelta = timedelta(0),
+    wamid: str | None = None,
+) -> None:
+    await connection.execute(
+        """
+        INSERT INTO wa_messages (internal_id, tenant_id, phone_number_id, recipient, type,
+            status, wamid, created_at, updated_at)
+        VALUES ($1, 'acme', '106540352242922', '4915112345678', 'text', $2, $3,
+            now() - $4::interval, now() - $4::interval)
+        """,
+        internal_id,
+        status,
+        wamid,
+        age,
+    )
+
+
+async def add_attempt(
+    connection: asyncpg.Connection[Any], internal_id: str, number: int, outcome: str, **row: Any
+) -> None:
+    await connection.execute(
+        """
+        INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome,
+            http_status, code, subcode, category, message, ambiguous, consumer)
+        VALUES ($1, $2, now() - $3::interval, $4, $5, $6, $7, $8, $9, $10, $11, 'test:1')
+        """,
+        internal_id,
+        number,
+        row.get("ago", timedelta(0)),
+        row.get("latency_ms", 100.0),
+        outcome,
+        row.get("http_status"),
+        row.get("code"),
+        row.get("subcode"),
+        row.get("category"),
+        row.get("message"),
+        row.get("ambiguous", False),
+    )
+
+
+async def add_sent_after_a_retry(connection: asyncpg.Connection[Any], internal_id: str) -> None:
+    """A message that failed once with an ambiguous 500 and was then sent."""
+    await add_message(connection, internal_id, "sent", wamid=WAMID)
+    await connection.execute(
+        """
+        UPDATE wa_messages SET retries = 1, last_error_code = '131000',
+            last_error_category = 'transient', last_error_message = 'Something went wrong',
+            metadata = '{"campaign": "spring"}'::jsonb, sent_at = now()
+        WHERE internal_id = $1
+        """,
+        internal_id,
+    )
+    await add_attempt(
+        connection,
+        internal_id,
+        1,
+        "retry",
+        ago=timedelta(seconds=31),
+        latency_ms=812.5,
+        http_status=500,
+        code="131000",
+        category="transient",
+        message="Something went wrong",
+        ambiguous=True,
+    )
+    await add_attempt(connection, internal_id, 2, "sent", latency_ms=143.0, http_status=200)
+
+
+async def wa_consumer(
+    cwd: Path, database_url: str | None, *args: str
+) -> tuple[int | None, str, str]:
+    """Run the CLI as an operator does; in ``cwd`` so no stray ``.env`` is read."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WA_")}
+    if database_url is not None:
+        env["WA_DATABASE_URL"] = database_url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wa_consumer",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, out.decode(), err.decode()
+
+
+# Migrations
+
+
+async def test_migrate_twice_applies_nothing_the_second_time(database: str) -> None:
+    connection = await asyncpg.connect(database)
+    try:
+        await migrate(connection)
+        assert await migrate(connection) == []
+        versions = await connection.fetch("SELECT version FROM wa_schema_migrations ORDER BY 1")
+        assert [r["version"] for r in versions] == [v for v, _, _ in migrations()]
+    finally:
+        await connection.close()
+
+
+async def test_two_daemons_migrating_a_fresh_database_at_once_apply_the_schema_once(
+    database: str,
+) -> None:
+    admin_url = database.rsplit("/", 1)[0] + "/postgres"
+    name = f"wa_test_fresh_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        fresh = admin_url.rsplit("/", 1)[0] + f"/{name}"
+        first, second = await asyncpg.connect(fresh), await asyncpg.connect(fresh)
+        try:
+            applied = await asyncio.gather(migrate(first), migrate(second))
+            rows = await first.fetch("SELECT version FROM wa_schema_migrations")
+            tables = await first.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE tablename IN ('wa_messages', 'wa_attempts')"
+            )
+        finally:
+            await first.close()
+            await second.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    everything = [n for _, n, _ in migrations()]
+    assert sorted(applied, key=len) == [[], everything]
+    assert len(rows) == len(everything)
+    assert tables == 2
+
+
+async def test_db_migrate_command_says_up_to_date_when_nothing_is_missing(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    code, out, err = await wa_consumer(tmp_path, database, "db", "migrate")
+    assert (code, out.strip(), err) == (0, "up to date", "")
+
+
+# Status
+
+
+async def test_status_json_holds_the_record_and_its_attempts_in_order(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = new_id("status-json")
+    await add_sent_after_a_retry(ledger, internal_id)
+
+    code, out, err = await wa_consumer(tmp_path, database, "status", internal_id, "--json")
+
+    assert (code, err) == (0, "")
+    shown = orjson.loads(out)
+    assert shown["internal_id"] == internal_id
+    assert (shown["status"], shown["wamid"], shown["retries"]) == ("sent", WAMID, 1)
+    assert shown["metadata"] == {"campaign": "spring"}
+    assert shown["sent_at"].endswith("+00:00")  # ISO-8601 with the zone
+    assert [(a["attempt"], a["outcome"]) for a in shown["attempts"]] == [(1, "retry"), (2, "sent")]
+    first = shown["attempts"][0]
+    assert (first["http_status"], first["code"], first["ambiguous"]) == (500, "131000", True)
+    assert first["latency_ms"] == 812.5
+
+
+async def test_status_readable_view_shows_the_wamid_and_each_attempt(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = new_id("status-view")
+    await add_sent_after_a_retry(ledger, internal_id)
+
+    code, out, err = await wa_consumer(tmp_path, database, "status", internal_id)
+
+    assert (code, err) == (0, "")
+    assert internal_id in out
+    assert WAMID in out  # on one line, so it can be copied or grepped
+    assert "Something went wrong" in out
+    assert "812.5" in out and "131000" in out and "retry" in out
+
+
+async def test_status_of_an_unknown_id_says_so_and_exits_1(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    code, out, err = await wa_consumer(tmp_path, database, "status", new_id("nobody"), "--json")
+    assert (code, out) == (1, "")
+    assert "no message" in err
+
+
+async def test_status_without_a_database_url_exits_2_with_one_line(tmp_path: Path) -> None:
+    code, out, err = await wa_consumer(tmp_path, None, "status", "anything")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "WA_DATABASE_URL" in err
+
+
+# Prune and resolve
+
+
+async def test_prune_removes_only_old_sent_and_dead_messages_with_their_attempts(
+    ledger: asyncpg.Connection[Any],
+) -> None:
+    old = timedelta(days=1000)  # far older than anything another test writes
+    gone = [new_id("old-sent") for _ in range(4)] + [new_id("old-dead") for _ in range(3)]
+    for internal_id in gone:
+        await add_message(ledger, internal_id, "dead" if "dead" in internal_id else "sent", age=old)
+        await add_attempt(ledger, internal_id, 1, "sent")
+    kept = {
+        new_id("recent-sent"): ("sent", timedelta(days=1)),
+        new_id("recent-dead"): ("dead", timedelta(0)),
+        new_id("old-retry"): ("retry_scheduled", old),
+        new_id("old-waiting"): ("waiting", old),
+        new_id("old-claimed"): ("claimed", old),
+        new_id("old-pending"): ("pending", old),
+    }
+    for internal_id, (status, age) in kept.items():
+        await add_message(ledger, internal_id, status, age=age)
+
+    # batch=3: the seven old rows take three statements.
+    removed = await prune(ledger, timedelta(days=900), batch=3)
+
+    assert removed == len(gone)
+    ids = gone + list(kept)
+    left = await ledger.fetch(
+        "SELECT internal_id FROM wa_messages WHERE internal_id = ANY($1)", ids
+    )
+    assert {r["internal_id"] for r in left} == set(kept)
+    orphans = await ledger.fetchval(
+        "SELECT count(*) FROM wa_attempts WHERE internal_id = ANY($1)", gone
+    )
+    assert orphans == 0
+
+
+async def test_db_prune_command_prints_how_many_it_removed(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        await add_message(ledger, new_id("cli-old-sent"), "sent", age=timedelta(weeks=600))
+
+    code, out, err = await wa_consumer(
+        tmp_path, database, "db", "prune", "--older-than", "520w", "--batch", "1"
+    )
+
+    assert (code, err) == (0, "")
+    assert out.startswith("removed 2 ")
+
+
+async def test_db_prune_refuses_an_age_it_cannot_read(database: str, tmp_path: Path) -> None:
+    code, out, err = await wa_consumer(tmp_path, database, "db", "prune", "--older-than", "30")
+    assert (code, out) == (2, "")
+    assert "30d" in err  # the message shows the expected form
+
+
+async def test_resolve_records_the_note_on_each_message(ledger: asyncpg.Connection[Any]) -> None:
+    first, second = new_id("resolve"), new_id("resolve")
+    for internal_id in (first, second):
+        await add_message(ledger, internal_id, "dead", age=timedelta(days=2))
+
+    changed = await resolve(ledger, [first, second, new_id("absent")], "purged: bad template")
+
+    assert changed == 2
+    for internal_id in (first, second):
+        record = await message_status(ledger, internal_id)
+        assert record is not None
+        assert record["resolution"] == "purged: bad template"
+        assert record["updated_at"] > record["created_at"]  # resolving counts as an update
+    assert await resolve(ledger, [], "nothing") == 0
+
+
+# Ages
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("90m", timedelta(minutes=90)),
+        ("45s", timedelta(seconds=45)),
+        ("2w", timedelta(weeks=2)),
+        (" 7d ", timedelta(days=7)),
+    ],
+)
+def test_parse_age_reads_a_number_and_a_unit(text: str, expected: timedelta) -> None:
+    assert parse_age(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "30x", "1.5h", "-3d", "3 d", "30D", "1d2h", "0d"])
+def test_parse_age_refuses_anything_else_with_a_clear_message(text: str) -> None:
+    with pytest.raises(ValueError, match=r"age '.*'"):
+        parse_age(text)
+
+
+def test_parse_age_refuses_an_age_too_large_for_a_timedelta() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse_age("99999999999w")
