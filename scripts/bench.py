@@ -216,11 +216,12 @@ def cpu_seconds(pid: int | None, *, system_only: bool = False) -> float | None:
 
 
 def broker_pid() -> int | None:
-    """The RabbitMQ VM (``beam.smp``) when it runs on this machine and is visible."""
-    for comm in Path("/proc").glob("[0-9]*/comm"):
+    """The RabbitMQ node (the ``beam.smp`` that boots ``rabbit``; rabbitmqctl runs one too)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
-            if comm.read_text().strip() == "beam.smp":
-                return int(comm.parent.name)
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv[0].endswith(b"beam.smp") and b"rabbit" in argv and b"boot" in argv:
+                return int(cmdline.parent.name)
     return None
 
 
@@ -428,11 +429,13 @@ async def run_floor(
                     done.set()
 
         try:
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=args.prefetch)
-            queue = await channel.declare_queue(settings.queue, passive=True)
+            channel = await bounded(connection.channel(), 10, "floor: open channel")
+            await bounded(channel.set_qos(prefetch_count=args.prefetch), 10, "floor: qos")
+            queue = await bounded(
+                channel.declare_queue(settings.queue, passive=True), 10, "floor: declare"
+            )
             meter.start()
-            tag = await queue.consume(on_message)
+            tag = await bounded(queue.consume(on_message), 10, "floor: consume")
             waited = asyncio.create_task(done.wait())
             await asyncio.wait([waited], timeout=args.deadline)
             if not waited.done():
@@ -623,7 +626,8 @@ async def run_daemon(
         if code != 0:
             raise BenchError(f"{what}: daemon exited with {code} after SIGTERM:\n{tail(log)}")
 
-        left = {q.name: (await depth(admin, q.name))[0] for q in settings_queues(settings)}
+        queues = Topology.from_settings(settings).queues
+        left = {q.name: (await depth(admin, q.name))[0] for q in queues}
         if any(left.values()) or outcomes.get("sent") != n or sent != n:
             raise BenchError(
                 f"{what}: not a clean run: sandbox outcomes {outcomes}, "
@@ -654,10 +658,6 @@ async def run_daemon(
         sandbox_outcomes=outcomes,
         log_lines=log_lines,
     )
-
-
-def settings_queues(settings: Settings) -> Sequence[Any]:
-    return Topology.from_settings(settings).queues
 
 
 # -- the run -----------------------------------------------------------------------------

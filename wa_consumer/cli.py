@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
+from .cli_ledger import db_app, status_command
 from .errors import InvalidMessage, SettingsError, TopologyMismatch, WaConsumerError
 from .logs import configure_logging
 from .settings import Settings, load_settings
@@ -26,6 +27,8 @@ app = typer.Typer(
 )
 topology_app = typer.Typer(help="The broker topology (SPEC §2).", no_args_is_help=True)
 app.add_typer(topology_app, name="topology")
+app.add_typer(db_app, name="db")
+app.command("status")(status_command)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -225,9 +228,3 @@ def demo(
 
 def main() -> None:
     app()
-
-
-from .cli_ledger import db_app, status_command  # noqa: E402  (mounted last: uses the helpers above)
-
-app.add_typer(db_app, name="db")
-app.command("status")(status_command)

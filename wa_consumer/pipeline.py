@@ -114,7 +114,9 @@ class Pipeline:
         try:
             message = parse(delivery.body, self.policy.max_message_bytes)
         except InvalidMessage as exc:
-            ctx.tenant_id, ctx.internal_id = exc.tenant_id, exc.internal_id
+            # Ids from the body when it had them, else from the envelope the producer set.
+            ctx.tenant_id = exc.tenant_id or _tenant_from_key(delivery.routing_key)
+            ctx.internal_id = exc.internal_id or delivery.message_id
             return Dead(Failure("invalid", "invalid", str(exc)))
         ctx.bind(message)
         if expired := self._expired(message, delivery):
@@ -330,6 +332,12 @@ def _short(outcome: Outcome) -> str:
     if isinstance(outcome, Recount):
         return "recount"
     return "handed_back"
+
+
+def _tenant_from_key(routing_key: str | None) -> str | None:
+    """``outbound.processed.<tenantId>`` -> the tenant, for a body that could not be read."""
+    parts = (routing_key or "").split(".", 2)
+    return parts[2] or None if len(parts) == 3 else None
 
 
 def _deliveries(delivery: AbstractIncomingMessage) -> int:

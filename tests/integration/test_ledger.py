@@ -152,3 +152,35 @@ async def test_database_cut_off_under_load_pauses_then_resumes(vhost, sandbox, d
 
 async def _not_consuming(daemon: Any) -> bool:
     return not daemon.consuming.is_set()
+
+
+async def test_status_json_shows_sent_with_the_wamid_and_every_attempt(
+    vhost, sandbox, database
+) -> None:
+    import json
+    import os
+    import sys
+
+    settings = make_settings(vhost, sandbox.url, database_url=database)
+    internal_id = str(uuid.uuid4())
+    async with running(settings), broker_for(settings) as broker:
+        await broker.publish(text_message("acme", "15550010777", internal_id=internal_id))
+        await wait_for(lambda: _all(sandbox, ["15550010777"]))
+        await wait_for(lambda: _status_is(database, internal_id, "sent"))
+    [answer] = [r for r in sandbox.state.requests() if r["outcome"] == "sent"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wa_consumer", "status", internal_id, "--json",
+        env={**os.environ, "WA_DATABASE_URL": database},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    record = json.loads(out)
+    assert record["status"] == "sent"
+    assert record["wamid"] == answer["wamid"]
+    assert record["retries"] == 2
+    assert [a["outcome"] for a in record["attempts"]] == ["retry", "retry", "sent"]
+    assert [a["code"] for a in record["attempts"]] == ["131000", "131000", None]
+
+
+async def _status_is(database: str, internal_id: str, status: str) -> bool:
+    return await status_of(database, internal_id) == status

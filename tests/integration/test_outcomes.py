@@ -225,3 +225,12 @@ async def test_redelivery_with_no_outcome_is_bounded_as_crash_loop(
             else:
                 await sent_to(sandbox, "27820000007")
     assert len(sandbox.state.requests()) == (0 if dead else 1)
+
+
+async def test_unreadable_body_is_dead_with_the_ids_of_its_envelope(vhost, sandbox) -> None:
+    settings = make_settings(vhost, sandbox.url)
+    async with running(settings), broker_for(settings) as broker:
+        await broker.publish_raw(b"{not json", tenant="globex", message_id="id-42")
+        [dead] = await broker.dead(1)
+    assert dead.headers["x-tenant-id"] == "globex"
+    assert dead.message_id == "id-42"
