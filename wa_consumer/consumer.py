@@ -201,6 +201,7 @@ class Daemon:
             task.cancel()  # each hands its message back, shielded settle included
         if pending:
             await asyncio.wait(pending, timeout=5)
+        await pipeline.settler.acks.drain()
         log.info("shutdown_complete", cancelled=len(pending))
 
 

@@ -71,6 +71,7 @@ class Pipeline:
 
     async def handle(self, delivery: AbstractIncomingMessage) -> None:
         """Consumer callback: decide, record, settle; survives anything one message does."""
+        self.settler.delivered(delivery)  # first, before any await: acks are coalesced in order
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)

@@ -18,6 +18,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
+from .acks import AckCoalescer
 from .logs import get_logger
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
 
@@ -94,6 +95,11 @@ class Settler:
         self._dead_key = dead_routing_key
         self._error_bytes = error_text_bytes
         self._confirm_timeout = confirm_timeout
+        self.acks = AckCoalescer()
+
+    def delivered(self, delivery: AbstractIncomingMessage) -> None:
+        """Register a delivery, in delivery order, before anything awaits (see ``acks``)."""
+        self.acks.delivered(delivery)
 
     async def settle(
         self, delivery: AbstractIncomingMessage, outcome: Outcome, *, tenant_id: str | None
@@ -101,7 +107,7 @@ class Settler:
         """Carry out ``outcome``; never raises for a broker failure (the broker keeps the copy)."""
         try:
             if isinstance(outcome, Delivered | Duplicate):
-                await delivery.ack()
+                self.acks.ack(delivery)
                 return Settled.ACKED
             if isinstance(outcome, HandBack | Recount):
                 # A copy at the tail of the main queue, so that a graceful hand-back is not
@@ -111,23 +117,23 @@ class Settler:
                     headers[H_DELIVERIES] = outcome.deliveries
                 copy = self._message(delivery, headers)
                 if await self._publish(self._channel.default_exchange, self._main_queue, copy):
-                    await delivery.ack()
+                    self.acks.ack(delivery)
                     return Settled.HANDED_BACK
-                await delivery.nack(requeue=True)
+                await self.acks.nack(delivery, requeue=True)
                 return Settled.REQUEUED
             if isinstance(outcome, Retry):
                 copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
                 if await self._publish(self._channel.default_exchange, outcome.queue, copy):
-                    await delivery.ack()
+                    self.acks.ack(delivery)
                     return Settled.RETRIED
-                await delivery.nack(requeue=True)
+                await self.acks.nack(delivery, requeue=True)
                 return Settled.REQUEUED
             if isinstance(outcome, Dead):
                 copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
                 if await self._publish(self._dlx, self._dead_key, copy):
-                    await delivery.ack()
+                    self.acks.ack(delivery)
                     return Settled.DEAD
-                await delivery.nack(requeue=False)
+                await self.acks.nack(delivery, requeue=False)
                 return Settled.DEAD_BY_BROKER
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             # The consuming channel is gone: nothing was acked, the broker redelivers.
