@@ -42,7 +42,8 @@ WITH input AS (
         claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
         updated_at = now()
     WHERE m.status <> 'sent'
-      AND NOT (m.status = 'claimed' AND m.claim_expires_at > now())
+      AND NOT (m.status = 'claimed' AND m.claim_expires_at > now()
+               AND m.claimed_by <> EXCLUDED.claimed_by)
     RETURNING m.internal_id, m.deliveries
 )
 SELECT i.internal_id, c.deliveries, m.status AS before
@@ -97,6 +98,9 @@ class PostgresLedger:
         self._max_deliveries = max_deliveries
         self._finish_timeout = finish_timeout
         self.consumer = consumer_id()
+        # Ids this process holds a claim on now. A claim of our own that is in the database but
+        # not here (its answer was lost in an outage) may be taken again at once, no lease wait.
+        self._active: set[str] = set()
         self._healthy = True
         self._claims: Batcher[Outbound, Claim] = Batcher(self._write_claims, on_error=self._down)
         self._finishes: Batcher[tuple[Outbound, Record, Sequence[Attempt]], None] = Batcher(
@@ -153,15 +157,25 @@ class PostgresLedger:
         return True
 
     async def claim(self, message: Outbound) -> Claim:
+        key = message.internal_id
+        if key in self._active:
+            return Claim.BUSY  # a copy of a message this process is handling right now
+        self._active.add(key)
         try:
-            return await self._claims.submit(message)
-        except LedgerUnavailable:
-            raise
+            claim = await self._claims.submit(message)
         except Exception as exc:
+            self._active.discard(key)
+            if isinstance(exc, LedgerUnavailable):
+                raise
             raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
+        if claim is not Claim.CLAIMED and claim is not Claim.CRASH_LOOP:
+            self._active.discard(key)
+        return claim
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
         future = self._finishes.submit((message, record, attempts))
+        # Held until the outcome is written: until then the row still shows our claim.
+        future.add_done_callback(lambda _: self._active.discard(message.internal_id))
         try:
             await asyncio.wait_for(asyncio.shield(future), self._finish_timeout)
         except TimeoutError:
