@@ -13,9 +13,13 @@ re-raised as one of these (``raise ... from exc``)::
     │   ├── TenantSuspended      tenant service said 403   (``tenant_suspended``)
     │   ├── TenantMismatch       the number is not the tenant's (``tenant_mismatch``)
     │   └── TenantServiceUnavailable  5xx, 408, 429, timeout, connect error (retryable)
-    └── GraphError               the Cloud API did not return a wamid
-        ├── GraphApiError        Meta answered with an error (HTTP status, code, subcode)
-        └── GraphTransportError  no usable answer: connect failure or timeout
+    ├── GraphError               the Cloud API did not return a wamid
+    │   ├── GraphApiError        Meta answered with an error (HTTP status, code, subcode)
+    │   └── GraphTransportError  no usable answer: connect failure or timeout
+    └── PublishError             (publisher.py) the broker did not take a published message
+        ├── Unroutable           no queue bound for the routing key
+        ├── Refused              the broker nacked it
+        └── NotConfirmed         no confirm in time: it may or may not be queued
 
 No message of these ever holds an access token: callers pass ids, never tokens.
 """
