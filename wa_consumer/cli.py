@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
+from .cli_dlq import dlq_app
 from .cli_ledger import db_app, status_command
 from .errors import InvalidMessage, SettingsError, TopologyMismatch, WaConsumerError
 from .logs import configure_logging
@@ -28,6 +29,7 @@ app = typer.Typer(
 topology_app = typer.Typer(help="The broker topology (SPEC §2).", no_args_is_help=True)
 app.add_typer(topology_app, name="topology")
 app.add_typer(db_app, name="db")
+app.add_typer(dlq_app, name="dlq")
 app.command("status")(status_command)
 
 

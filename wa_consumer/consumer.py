@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from contextlib import suppress
 
 import aio_pika
@@ -17,12 +18,17 @@ import aiormq
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection, ExchangeType
 from yarl import URL
 
+from .alerts import Alerter
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
 from .errors import WaConsumerError
 from .graph import GraphClient, make_session
+from .health import HealthServer
 from .ledger import PostgresLedger
+from .limits import build_limiter
 from .logs import get_logger
+from .metrics import Fanout, Metrics
 from .pipeline import Pipeline, Policy
+from .probe import QueueProbe, watched_queues
 from .seams import Ledger, Limiter
 from .settings import Settings
 from .settle import Settler
@@ -31,7 +37,11 @@ from .topology import Topology, declare
 log = get_logger("consumer")
 
 
-def build_credentials(settings: Settings, session: aiohttp.ClientSession) -> CredentialCache:
+def build_credentials(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    observe: Callable[[str], None] | None = None,
+) -> CredentialCache:
     """Static credentials first, then the tenant service when one is configured."""
     service = None
     if settings.tenant_service_url:
@@ -44,7 +54,10 @@ def build_credentials(settings: Settings, session: aiohttp.ClientSession) -> Cre
         )
     source = FallbackSource(StaticSource(settings.static_credentials), service)
     return CredentialCache(
-        source, ttl=settings.credential_ttl_seconds, maxsize=settings.credential_cache_size
+        source,
+        ttl=settings.credential_ttl_seconds,
+        maxsize=settings.credential_cache_size,
+        observe=observe,
     )
 
 
@@ -58,6 +71,7 @@ def build_policy(settings: Settings, topology: Topology) -> Policy:
         max_age_seconds=settings.max_message_age_seconds,
         max_message_bytes=settings.max_message_bytes,
         max_deliveries=settings.max_deliveries,
+        throttle_delay=settings.throttle_requeue_seconds,
     )
 
 
@@ -78,6 +92,11 @@ class Daemon:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._pause_task: asyncio.Task[None] | None = None
+        self.metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
+        self.alerts = Alerter.from_settings(settings, self.metrics)
+        self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
+        self._connection: AbstractRobustConnection | None = None
+        self._ledger_reachable = True  # the last ping's answer
 
     def request_stop(self) -> None:
         """First call: graceful stop. Second call: stop at once (the broker keeps the rest)."""
@@ -95,9 +114,15 @@ class Daemon:
         """Start-up, consume until told to stop, shut down; returns the exit code."""
         s = self.settings
         ledger = self._ledger or await _open_ledger(s)
-        connection = await _connect(s.amqp_url)
+        connection = self._connection = await _connect(s.amqp_url)
         session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)
+        http = HealthServer(self.metrics.registry, self.readiness)
+        probe: asyncio.Task[None] | None = None
+        own_limiter = build_limiter(s) if self._limiter is None else None
         try:
+            if s.metrics_port:  # 0: no HTTP server
+                self.metrics_port = await http.start(s.metrics_host, s.metrics_port)
+            await self.alerts.start()
             await declare(connection, self.topology)
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=s.prefetch)
@@ -116,22 +141,32 @@ class Daemon:
             )
             self.pipeline = pipeline = Pipeline(
                 policy=build_policy(s, self.topology),
-                credentials=build_credentials(s, session),
+                credentials=build_credentials(s, session, self.metrics.credential),
                 graph=GraphClient(session, s.graph_api_url, s.graph_api_version),
                 settler=settler,
                 ledger=ledger,
-                limiter=self._limiter,
+                limiter=self._limiter or own_limiter,
+                observer=Fanout(self.metrics, self.alerts),
                 on_ledger_down=self._ledger_down,
             )
             self._queue = await consume_channel.declare_queue(s.queue, passive=True)
+            queue_probe = self._observe(connection, pipeline)
             await self._consume()
+            probe = asyncio.create_task(self._sample(queue_probe), name="queue-probe")
 
             await self._stop.wait()
             await self._shutdown(pipeline)
         finally:
             if self._pause_task is not None:
                 self._pause_task.cancel()
+            if probe is not None:
+                probe.cancel()
+                await asyncio.wait([probe], timeout=5)
+            await self.alerts.close(grace=min(5.0, s.shutdown_grace_seconds))
+            await http.close()
             await session.close()
+            if own_limiter is not None:
+                await own_limiter.aclose()
             if isinstance(ledger, PostgresLedger):
                 await ledger.close()
             with suppress(Exception):
@@ -181,6 +216,57 @@ class Daemon:
         ledger = self.pipeline.ledger if self.pipeline else None
         return ledger if isinstance(ledger, PostgresLedger) else None
 
+    def _observe(self, connection: AbstractRobustConnection, pipeline: Pipeline) -> QueueProbe:
+        """Bind the gauges read at scrape time; the probe of queue depths and ages."""
+        ledger = self._ledger_in_use
+        self.metrics.retry_delays(tuple(self.settings.retry_delays))
+        self.metrics.watch(
+            in_flight=lambda: len(pipeline.in_flight),
+            broker_connected=self._broker_up,
+            ready=self._ready_now,
+            ledger_up=(lambda: ledger.healthy and self._ledger_reachable) if ledger else None,
+        )
+        queues = watched_queues(
+            self.settings,
+            self.topology.retry_queues.values(),
+            peek_main=pipeline.ledger.counts_deliveries,
+        )
+        return QueueProbe(connection, queues, self.metrics, on_main_age=self.alerts.queue_age)
+
+    async def _sample(self, probe: QueueProbe) -> None:
+        """Every interval: queue depths and ages, and whether the ledger answers."""
+        while True:
+            await probe.sample()
+            await self._ping_ledger()
+            await asyncio.sleep(self.settings.metrics_queue_interval_seconds)
+
+    async def readiness(self) -> dict[str, str]:
+        """``/readyz``: broker connected, consuming, ledger reachable (pinged now)."""
+        checks = {"broker": "ok" if self._broker_up() else "disconnected"}
+        if self.consuming.is_set():
+            checks["consuming"] = "ok"
+        else:
+            paused = self._pause_task is not None
+            checks["consuming"] = "paused: ledger unreachable" if paused else "not consuming"
+        if self._ledger_in_use is not None:
+            checks["ledger"] = "ok" if await self._ping_ledger() else "unreachable"
+        return checks
+
+    def _broker_up(self) -> bool:
+        c = self._connection
+        return c is not None and not c.is_closed and c.connected.is_set()
+
+    def _ready_now(self) -> bool:
+        ledger = self._ledger_in_use
+        ledger_ok = ledger is None or (ledger.healthy and self._ledger_reachable)
+        return self._broker_up() and self.consuming.is_set() and ledger_ok
+
+    async def _ping_ledger(self) -> bool:
+        ledger = self._ledger_in_use
+        if ledger is not None:
+            self._ledger_reachable = await ledger.ping()
+        return self._ledger_reachable
+
     async def _shutdown(self, pipeline: Pipeline) -> None:
         s = self.settings
         log.info(
@@ -196,13 +282,13 @@ class Daemon:
                 [*pipeline.in_flight, hard], timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
         hard.cancel()
-        pending = set(pipeline.in_flight)
-        for task in pending:
-            task.cancel()  # each hands its message back, shielded settle included
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        cancelled = set(pipeline.deciding)
+        for task in cancelled:
+            task.cancel()  # each hands its message back; recording and settling are not cut
+        if pipeline.in_flight:
+            await asyncio.wait(set(pipeline.in_flight), timeout=15)
         await pipeline.settler.acks.drain()
-        log.info("shutdown_complete", cancelled=len(pending))
+        log.info("shutdown_complete", cancelled=len(cancelled))
 
 
 async def _open_ledger(settings: Settings) -> PostgresLedger | None:

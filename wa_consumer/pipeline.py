@@ -22,6 +22,7 @@ from .errors import CredentialError, GraphError, InvalidMessage, LedgerUnavailab
 from .graph import GraphClient
 from .logs import get_logger
 from .message import Outbound, parse
+from .metrics import NullObserver, Observer
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
 from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter, Record
 from .settle import H_DELIVERIES, H_FIRST_FAILED, H_RETRY_COUNT, Settler, header_int
@@ -42,6 +43,7 @@ class Policy:
     max_message_bytes: int
     max_deliveries: int
     busy_delay: float = 0.0  # wait step for a message held elsewhere (0: the first step)
+    throttle_delay: float = 0.0  # wait step for a throttled message (0: the first step)
 
 
 class Pipeline:
@@ -56,6 +58,7 @@ class Pipeline:
         settler: Settler,
         ledger: Ledger | None = None,
         limiter: Limiter | None = None,
+        observer: Observer | None = None,
         on_ledger_down: Callable[[], None] | None = None,
     ) -> None:
         self.policy = policy
@@ -64,9 +67,11 @@ class Pipeline:
         self.settler = settler
         self.ledger: Ledger = ledger or NullLedger()
         self.limiter: Limiter = limiter or NullLimiter()
+        self.observer: Observer = observer or NullObserver()
         self._on_ledger_down = on_ledger_down or (lambda: None)
         self.stopping = False  # shutdown or pause: what has not reached the send goes back
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.deciding: set[asyncio.Task[None]] = set()  # not yet recording or settling
         self.counts: Counter[str] = Counter()  # outcomes so far: sent, duplicate, retry, ...
 
     async def handle(self, delivery: AbstractIncomingMessage) -> None:
@@ -75,6 +80,7 @@ class Pipeline:
         task = asyncio.current_task()
         assert task is not None
         self.in_flight.add(task)
+        self.deciding.add(task)
         started = time.perf_counter()
         ctx = _Context(header_int(delivery.headers, H_RETRY_COUNT) + 1)
         try:
@@ -86,17 +92,18 @@ class Pipeline:
                 log.exception("unexpected_error", attempt=ctx.attempt)
                 failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
                 outcome = self._retry_or_dead(ctx, failure)
+            # From here on the task is never cancelled (shutdown cancels only `deciding`):
+            # recording and settling run to their end, each bounded by its own timeout.
+            self.deciding.discard(task)
             if ctx.claimed is not None:
-                await asyncio.shield(
-                    self.ledger.finish(ctx.claimed, _record(outcome, ctx), ctx.attempts)
-                )
-            settled = await asyncio.shield(
-                self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
-            )
+                await self.ledger.finish(ctx.claimed, _record(outcome, ctx), ctx.attempts)
+            settled = await self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
             short = _short(outcome)
             self.counts[short] += 1
+            self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
             _log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
         finally:
+            self.deciding.discard(task)
             self.in_flight.discard(task)
 
     async def _decide(self, delivery: AbstractIncomingMessage, ctx: _Context) -> Outcome:
@@ -147,7 +154,8 @@ class Pipeline:
 
         # limit
         if not await self.limiter.acquire(number, message.to):
-            return self._wait(Failure("throttled", "throttled", f"number {number} throttled"))
+            failure = Failure("throttled", "throttled", f"number {number} throttled")
+            return self._wait(failure, self.policy.throttle_delay)
         if self.stopping:
             return HandBack()
 
@@ -165,6 +173,9 @@ class Pipeline:
                 result = await self.graph.send(number, creds.access_token, message.payload)
             except GraphError as err:
                 ctx.latency_ms = (time.perf_counter() - started) * 1000
+                self.observer.latency(ctx.latency_ms / 1000)
+                if err.maybe_sent:
+                    self.observer.ambiguous()
                 category = classify(err)
                 rule = rule_for(
                     category,
@@ -192,9 +203,11 @@ class Pipeline:
                 ctx.attempts.append(_attempt(ctx, at, _short(outcome), err, category))
                 return outcome
             ctx.latency_ms = (time.perf_counter() - started) * 1000
+            self.observer.latency(ctx.latency_ms / 1000)
             ctx.attempts.append(
                 Attempt(ctx.attempt, at, ctx.latency_ms, "sent", http_status=result.status)
             )
+            self.limiter.sent(number, message.to)
             return Delivered(result.wamid)
 
     def _credential_failure(self, ctx: _Context, exc: CredentialError) -> Outcome:
@@ -210,9 +223,11 @@ class Pipeline:
         step = wait_queue_for(delay, self.policy.retry_delays)
         return Retry(self.policy.retry_queues[step], step, failure)
 
-    def _wait(self, failure: Failure) -> Outcome:
+    def _wait(self, failure: Failure, delay: float | None = None) -> Outcome:
         """Come back later without counting a retry (throttled, or held by another consumer)."""
-        step = wait_queue_for(self.policy.busy_delay, self.policy.retry_delays)
+        step = self.policy.busy_delay if delay is None else delay
+        if step not in self.policy.retry_queues:  # 0, or no queue of its own: a ladder step
+            step = wait_queue_for(step, self.policy.retry_delays)
         return Retry(self.policy.retry_queues[step], step, failure, counts=False)
 
     def _expired(self, message: Outbound, delivery: AbstractIncomingMessage) -> str | None:

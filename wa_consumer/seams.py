@@ -72,6 +72,10 @@ class Limiter(Protocol):
         """Meta answered with a rate-limit code for this number or recipient."""
         ...
 
+    def sent(self, phone_number_id: str, recipient: str | None) -> None:
+        """Meta accepted a send: a recipient's back-off, if any, is over."""
+        ...
+
 
 class NullLedger:
     """No ledger: every message is ours to send; nothing is recorded."""
@@ -92,4 +96,7 @@ class NullLimiter:
         return True
 
     def feedback(self, phone_number_id: str, recipient: str | None, code: str) -> None:
+        return None
+
+    def sent(self, phone_number_id: str, recipient: str | None) -> None:
         return None

@@ -63,9 +63,30 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=2)
     error_text_bytes: int = Field(default=1024, ge=64, le=16_384)
 
+    # Throughput (SPEC §12)
+    number_rate: float = Field(default=80.0, ge=0)  # sends/s per phoneNumberId; 0: no limit
+    number_rates: dict[str, float] = Field(default_factory=dict)  # {"<phoneNumberId>": rate}
+    redis_url: str | None = None  # set: the number limits hold across every daemon sharing it
+    redis_prefix: str = "wa:"
+    redis_fallback_share: float = Field(default=0.5, gt=0, le=1)  # of the rate, Redis away
+    throttle_max_wait_seconds: float = Field(default=1.0, ge=0)  # longer: to a wait queue
+    throttle_requeue_seconds: float = Field(default=1.0, ge=0)  # its wait queue; 0: 1st step
+    pair_min_interval_seconds: float = Field(default=0.0, ge=0)  # per recipient; 0: off
+
     # Process
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
-    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
+    metrics_host: str = "0.0.0.0"
+    metrics_tenant_labels: bool = False  # a tenant label on message counters (cardinality!)
+    metrics_queue_interval_seconds: float = Field(default=15.0, gt=0)
+    # Queues whose head message is peeked for its age (wa_consumer/probe.py says what it costs)
+    metrics_queue_peek: list[Literal["main", "wait", "dead"]] = Field(default=["main"])
+
+    # Alerts (an error line with alert=true, wa_alerts_total, and the webhook when set)
+    alert_webhook_url: SecretStr | None = None  # may carry a secret in its path: never logged
+    alert_dead_rate: float = Field(default=60.0, ge=0)  # dead messages per minute; 0: off
+    alert_queue_age_seconds: float = Field(default=300.0, ge=0)  # main queue head; 0: off
+    alert_dedup_seconds: float = Field(default=600.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -99,6 +120,33 @@ class Settings(BaseSettings):
             raise ValueError("expected an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("alert_webhook_url", mode="before")
+    @classmethod
+    def _webhook(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text == "":
+            return None  # WA_ALERT_WEBHOOK_URL= (empty): no webhook
+        if isinstance(text, str) and not text.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("number_rates")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for number, rate in value.items():
+            if rate < 0:
+                raise ValueError(f"rate of {number!r} must be 0 (no limit) or more")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # WA_REDIS_URL= (empty): in process
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator("static_credentials")
     @classmethod
     def _static(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -127,7 +175,7 @@ def load_settings(**overrides: Any) -> Settings:
         value = first.get("input")
         shown = (
             ""
-            if name in ("WA_TENANT_SERVICE_TOKEN", "WA_STATIC_CREDENTIALS")
+            if name in ("WA_TENANT_SERVICE_TOKEN", "WA_STATIC_CREDENTIALS", "WA_ALERT_WEBHOOK_URL")
             else (f" (got {value!r})" if isinstance(value, str | int | float) else "")
         )
         raise SettingsError(f"{name}: {first['msg']}{shown}") from None

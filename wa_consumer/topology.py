@@ -58,7 +58,10 @@ class Topology:
             s.dead_letter_exchange,
             (f"{s.dead_routing_key}.#", s.dead_routing_key),
         )
-        retry_queues = {d: retry_queue_name(d, s.retry_queue_prefix) for d in s.retry_delays}
+        delays = list(s.retry_delays)
+        if s.throttle_requeue_seconds:  # a short wait for throttled messages (not a retry)
+            delays.append(s.throttle_requeue_seconds)
+        retry_queues = {d: retry_queue_name(d, s.retry_queue_prefix) for d in delays}
         waits = tuple(
             QueueSpec(
                 name,

@@ -16,9 +16,8 @@ from typing import Any
 
 from yarl import URL
 
-from ..classify import retry_queue_name
 from ..settings import Settings
-from ..topology import connect
+from ..topology import Topology, connect
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _CTL_TIMEOUT = 30.0
@@ -114,7 +113,7 @@ async def remove_names(settings: Settings) -> None:
     try:
         # Deleting what does not exist succeeds: a run that failed early cleans up the same way.
         queues = [settings.queue, settings.dead_letter_queue]
-        queues += [retry_queue_name(d, settings.retry_queue_prefix) for d in settings.retry_delays]
+        queues += Topology.from_settings(settings).retry_queues.values()
         async with connection.channel() as channel:
             for name in queues:
                 await channel.queue_delete(name)

@@ -1,0 +1,19 @@
+"""The parts of ``scripts/bench.py``: the daemon's throughput against this machine's floor.
+
+common
+    errors, deadlines and small helpers every part uses.
+broker
+    the run's RabbitMQ vhost, pre-filling a queue, reading its depth.
+database
+    the run's scratch PostgreSQL database (the ledger of the ledger-on scenarios).
+procs
+    the sandbox and daemon processes, their resident memory and CPU time.
+scenarios
+    what each scenario is and the settings its daemon runs with.
+measure
+    one measurement of one scenario: the floor or a daemon.
+report
+    medians, ratios against their targets, the table and the JSON.
+cli
+    options, the rounds, and clean-up on every way out.
+"""

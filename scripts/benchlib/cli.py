@@ -1,0 +1,195 @@
+"""Options, the rounds, and clean-up on every way out.
+
+Resources are taken in this order and given back in reverse, on success, failure, Ctrl-C or
+SIGTERM: the vhost (``rabbitmqctl``), the scratch database (only if a ledger-on scenario is
+chosen), a temporary directory for the logs, the child processes (stopped before the
+database is dropped, so that no daemon still holds a connection to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import signal
+import sys
+import tempfile
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aio_pika
+import aiohttp
+import aiormq
+import asyncpg
+
+from .broker import BROKER, amqp_url, bench_vhost
+from .common import ROOT, BenchError
+from .database import scratch_database
+from .measure import Context, Run, measure
+from .procs import Children, Sandbox
+from .report import describe, summary, table, write_json
+from .scenarios import DAEMON_LOG_LEVEL, DAEMON_PREFETCH, ORDER, Scenario, plan
+
+DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
+
+
+def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=description)
+    add = parser.add_argument
+    add("--messages", type=int, default=20_000, help="N per measurement (default 20,000)")
+    add("--repeat", type=int, default=1, help="rounds of every scenario; medians are reported")
+    add(
+        "--scenarios",
+        default=",".join(ORDER),
+        help=f"comma-separated subset of {','.join(ORDER)} (default: all, in that order)",
+    )
+    add(
+        "--prefetch",
+        type=int,
+        default=DAEMON_PREFETCH,
+        help=f"floor and 0 ms daemons (default: the daemon's, {DAEMON_PREFETCH})",
+    )
+    add("--latency-ms", type=float, default=100.0, help="sandbox delay of 'latency' (100)")
+    add("--latency-prefetch", type=int, default=500, help="WA_PREFETCH of 'latency' (500)")
+    add(
+        "--log-level",
+        default=DAEMON_LOG_LEVEL,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help=f"the daemon's WA_LOG_LEVEL (default: its own, {DAEMON_LOG_LEVEL})",
+    )
+    add(
+        "--number-rate",
+        type=float,
+        default=None,
+        help="the daemon's WA_NUMBER_RATE (default 0: the per-number limit off)",
+    )
+    add("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
+    add("--logs", type=Path, help="keep the daemons' and the sandbox's logs here (default: not)")
+    add("--deadline", type=float, default=300.0, help="seconds allowed for each wait (300)")
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(args.scenarios) - set(ORDER))
+    if unknown or not args.scenarios:
+        parser.error(f"--scenarios: unknown {unknown}; choose from {','.join(ORDER)}")
+    if args.messages < 10 or args.repeat < 1 or args.prefetch < 1 or args.latency_prefetch < 1:
+        parser.error("need --messages >= 10, --repeat >= 1 and prefetches >= 1")
+    if args.latency_ms < 0 or args.deadline <= 0 or (args.number_rate or 0) < 0:
+        parser.error("need --latency-ms >= 0, --deadline > 0 and --number-rate >= 0")
+    return args
+
+
+async def bench(ctx: Context, scenarios: Sequence[Scenario], results: dict[str, list[Run]]) -> None:
+    """Every round measures every scenario in order; the sandbox serves all the daemons."""
+    try:
+        if any(s.daemon for s in scenarios):
+            ctx.sandbox = Sandbox(ctx.workdir, ctx.children)
+            await ctx.sandbox.ready(30)
+        for round_no in range(1, ctx.args.repeat + 1):
+            for scenario in scenarios:
+                run = await measure(scenario, round_no, ctx)
+                results.setdefault(scenario.key, []).append(run)
+                print(describe(run, scenario.label), flush=True)
+    finally:
+        if ctx.sandbox is not None:
+            await ctx.sandbox.close()
+
+
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """On uvloop, as the daemon runs, so that the floor is measured on the same loop.
+
+    SIGTERM cancels the run, as Ctrl-C does, so that every ``finally`` on the way out runs
+    (connections closed); outside the loop it raises KeyboardInterrupt.
+    """
+    import uvloop
+
+    async def cancellable() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await coro
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(cancellable())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def metadata(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> dict[str, Any]:
+    return {
+        "messages": args.messages,
+        "repeat": args.repeat,
+        "scenarios": [s.key for s in scenarios],
+        "daemon_log": f"{args.log_level} json -> file",
+        "number_rate": 0 if args.number_rate is None else args.number_rate,
+        "python": platform.python_version(),
+        "loop": f"uvloop {importlib.metadata.version('uvloop')}",
+        "aio_pika": aio_pika.__version__,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "sandbox": "separate process, request log off, no recipient rules, no number limit",
+        "broker": BROKER,
+    }
+
+
+def main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    args = parse_args(argv, description)
+    scenarios = plan(args)
+    meta = metadata(args, scenarios)
+    print(
+        f"bench: {', '.join(s.key for s in scenarios)}; {args.messages:,} messages, "
+        f"{args.repeat} round(s); daemon log {args.log_level}",
+        flush=True,
+    )
+    results: dict[str, list[Run]] = {}
+    children = Children()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with (
+            bench_vhost() as vhost,
+            scratch_database(any(s.ledger for s in scenarios)) as database_url,
+            tempfile.TemporaryDirectory(prefix="wa-bench-") as tmp,
+        ):
+            meta["vhost"] = vhost
+            workdir = Path(tmp)
+            if args.logs is not None:
+                workdir = args.logs / vhost
+                workdir.mkdir(parents=True)
+            ctx = Context(args, amqp_url(vhost), workdir, children, None, database_url)
+            try:
+                run_loop(bench(ctx, scenarios, results))
+            finally:
+                children.stop_all()
+    except (
+        BenchError,
+        aiormq.exceptions.AMQPError,
+        aiohttp.ClientError,
+        asyncpg.PostgresError,
+        OSError,
+    ) as exc:
+        text = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        print(f"bench: {text}", file=sys.stderr)
+        done = sum(len(runs) for runs in results.values())
+        print(f"bench: failed after {done} completed measurement(s)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    report = summary(results, scenarios, meta)
+    print()
+    print(table(report))
+    write_json(report, args.json)
+    print(f"\nfigures written to {args.json}")
+    return 1 if report["not_clean"] else 0

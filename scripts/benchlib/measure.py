@@ -1,0 +1,262 @@
+"""One measurement of one scenario over N messages pre-filled into a queue of its own.
+
+Floor: timed from the first message the bare consumer receives to its N-th ack.
+
+Daemon: timed from the daemon's first consumed message (its consumer appears on the queue;
+the broker pushes a prefetch's worth at once) until the sandbox has answered N sends; the
+moment of the N-th answer is interpolated between two polls of ``/_sandbox/stats`` (every
+100 ms). Then SIGTERM: the daemon must exit 0, with nothing left in any queue, exactly N
+sends made, and (ledger on) N more records marked sent in the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from .broker import declare_topology, depth, leftovers, prefill
+from .common import BenchError, Deadline, bounded, close_quietly, crossing, tail
+from .database import ledger_counts
+from .procs import Children, CpuMeter, Daemon, Sandbox, broker_pid, machine_cpu_seconds, pid_cpu
+from .scenarios import Scenario, daemon_env, make_settings, overrides
+
+POLL_START = 0.01  # seconds between polls while waiting for the daemon's consumer
+POLL_DRAIN = 0.1  # seconds between polls while it drains
+
+
+@dataclass
+class Run:
+    scenario: str
+    round: int
+    messages: int
+    seconds: float
+    rate: float
+    steady_rate: float  # between the 10% and the 90% mark
+    prefill_rate: float
+    cpu: dict[str, float | None]  # cores each process used over the drain (1.0: one core)
+    # The daemon's (None for the floor):
+    pid: int | None = None
+    startup_seconds: float | None = None  # process start until its consumer appears
+    shutdown_seconds: float | None = None
+    max_rss_mb: float | None = None  # highest VmRSS sampled
+    peak_rss_mb: float | None = None  # VmHWM before the stop: the kernel's own peak
+    rss_at_start_mb: float | None = None
+    log_lines: int | None = None
+    log_bytes: int | None = None
+    log_outcomes: dict[str, int] = field(default_factory=dict)  # per-message lines' outcome
+    log_warnings: dict[str, int] = field(default_factory=dict)  # WARNING and up, by event
+    sandbox_outcomes: dict[str, int] = field(default_factory=dict)
+    ledger: dict[str, int] = field(default_factory=dict)  # its records by status, attempts
+    # Not clean (excluded from the medians): sends made twice, messages left in a queue, a
+    # ledger that does not hold every message as sent. The daemon's fault, not the bench's.
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What every measurement of the run shares."""
+
+    args: argparse.Namespace
+    amqp_url: str
+    workdir: Path
+    children: Children
+    sandbox: Sandbox | None
+    database_url: str | None
+    seen_ids: set[str] = field(default_factory=set)  # every internalId of the run
+
+
+async def measure(scenario: Scenario, round_no: int, ctx: Context) -> Run:
+    if scenario.daemon:
+        return await run_daemon(scenario, round_no, ctx)
+    return await run_floor(scenario, round_no, ctx)
+
+
+async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
+    n = ctx.args.messages
+    what = f"{scenario.key} round {round_no}"
+    settings = make_settings(
+        overrides(scenario, ctx.args, ctx.amqp_url, "http://127.0.0.1:1", None)
+    )
+    admin = await bounded(aio_pika.connect(ctx.amqp_url, timeout=10), 15, "connect")
+    try:
+        await declare_topology(admin, settings)
+        prefill_rate, _ = await prefill(admin, settings, n, ctx.seen_ids)
+        connection = await bounded(aio_pika.connect_robust(ctx.amqp_url, timeout=10), 15, "connect")
+        meter = CpuMeter(
+            {
+                "bench": time.process_time,
+                "broker": pid_cpu(broker_pid()),
+                "machine": machine_cpu_seconds,
+            }
+        )
+        marks: dict[int, float] = {}
+        mark_at = {n // 10, (9 * n) // 10, n}
+        acked = 0
+        done = asyncio.Event()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            nonlocal acked
+            if not marks:
+                marks[0] = time.perf_counter()
+            await message.ack()
+            acked += 1
+            if acked in mark_at:
+                marks[acked] = time.perf_counter()
+                if acked == n:
+                    done.set()
+
+        try:
+            channel = await bounded(connection.channel(), 10, f"{what}: open channel")
+            await bounded(channel.set_qos(prefetch_count=scenario.prefetch), 10, f"{what}: qos")
+            queue = await bounded(
+                channel.declare_queue(settings.queue, passive=True), 10, f"{what}: declare"
+            )
+            meter.start()
+            tag = await bounded(queue.consume(on_message), 10, f"{what}: consume")
+            try:
+                await asyncio.wait_for(done.wait(), ctx.args.deadline)
+            except TimeoutError:
+                raise BenchError(
+                    f"{what}: {acked:,} of {n:,} acked after {ctx.args.deadline:.0f} s"
+                ) from None
+            meter.stop()
+            await bounded(queue.cancel(tag), 10, f"{what}: cancel consumer")
+        finally:
+            await close_quietly(connection)
+        left = await leftovers(admin, settings)
+        if any(left.values()):
+            raise BenchError(f"{what}: messages left in queues: {left}")
+    finally:
+        await close_quietly(admin)
+
+    seconds = marks[n] - marks[0]
+    return Run(
+        scenario=scenario.key,
+        round=round_no,
+        messages=n,
+        seconds=seconds,
+        rate=n / seconds,
+        steady_rate=((9 * n) // 10 - n // 10) / (marks[(9 * n) // 10] - marks[n // 10]),
+        prefill_rate=prefill_rate,
+        cpu=meter.shares,
+    )
+
+
+async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
+    n = ctx.args.messages
+    what = f"{scenario.key} round {round_no}"
+    sandbox = ctx.sandbox
+    if sandbox is None:
+        raise BenchError(f"{what}: no sandbox")
+    values = overrides(scenario, ctx.args, ctx.amqp_url, sandbox.url, ctx.database_url)
+    settings = make_settings(values)
+    await sandbox.set_latency(scenario.latency_ms)
+    admin = await bounded(aio_pika.connect(ctx.amqp_url, timeout=10), 15, "connect")
+    try:
+        await declare_topology(admin, settings)
+        prefill_rate, ids = await prefill(admin, settings, n, ctx.seen_ids)
+        before = await bounded(sandbox.stats(), 10, "sandbox stats")
+        base_requests = int(before["requests"])
+        base_outcomes: dict[str, int] = before["by_outcome"]
+
+        spawned = time.perf_counter()
+        log = ctx.workdir / f"daemon-{scenario.key}-{round_no}.log"
+        daemon = Daemon(daemon_env(values), log, ctx.children)
+        print(f"  ({what}: daemon pid {daemon.pid}, log {log})", flush=True)
+        meter = CpuMeter(
+            {
+                "daemon": pid_cpu(daemon.pid),
+                "daemon_system": pid_cpu(daemon.pid, system_only=True),
+                "sandbox": pid_cpu(sandbox.process.pid),
+                "broker": pid_cpu(broker_pid()),
+                "machine": machine_cpu_seconds,
+            }
+        )
+
+        # Its consumer on the queue is its first consumed message: the broker pushes a
+        # prefetch's worth as soon as it registers.
+        deadline = Deadline(ctx.args.deadline, f"{what}: daemon start")
+        while True:
+            daemon.alive(what)
+            ready, consumers = await depth(admin, settings.queue)
+            if consumers or ready < n:
+                break
+            daemon.sample_rss()
+            if deadline.passed:
+                raise deadline.missed(f"no consumer yet, {ready:,} ready\n{tail(daemon.log)}")
+            await asyncio.sleep(POLL_START)
+        started = time.perf_counter()
+        meter.start()
+        rss_start = daemon.sample_rss()
+
+        samples: list[tuple[float, int]] = [(started, 0)]
+        deadline = Deadline(ctx.args.deadline, f"{what}: drain")
+        while True:
+            await asyncio.sleep(POLL_DRAIN)
+            daemon.alive(what)
+            sandbox.alive()
+            stats = await bounded(sandbox.stats(), 10, "sandbox stats")
+            sent = int(stats["requests"]) - base_requests
+            samples.append((time.perf_counter(), sent))
+            daemon.sample_rss()
+            ready, _ = await depth(admin, settings.queue)
+            if sent >= n and ready == 0:
+                break
+            if deadline.passed:
+                raise deadline.missed(f"{sent:,} of {n:,} sends answered, {ready:,} ready")
+        meter.stop()
+        peak = daemon.peak_rss_kb()
+        outcomes = {
+            k: v - base_outcomes.get(k, 0)
+            for k, v in stats["by_outcome"].items()
+            if v != base_outcomes.get(k, 0)
+        }
+        stopped = await daemon.stop(settings.shutdown_grace_seconds + 15, what)
+
+        left = {q: count for q, count in (await leftovers(admin, settings)).items() if count}
+    finally:
+        await close_quietly(admin)
+
+    problems = []
+    if sent != n or outcomes.get("sent") != n:
+        problems.append(f"{sent:,} sends for {n:,} messages (sandbox outcomes {outcomes})")
+    if left:
+        problems.append(f"left in queues after the stop: {left}")
+    ledger: dict[str, int] = {}
+    if scenario.ledger and ctx.database_url:
+        ledger = await ledger_counts(ctx.database_url, ids)
+        if ledger.get("sent") != n or sum(ledger.values()) - ledger["attempts"] != n:
+            problems.append(f"the ledger holds {ledger} for {n:,} messages, all sent expected")
+    logged = daemon.log_stats()
+    for problem in problems:
+        print(f"  {what}: NOT CLEAN, excluded from the medians: {problem}", flush=True)
+    ended = crossing(samples, n)
+    return Run(
+        scenario=scenario.key,
+        round=round_no,
+        messages=n,
+        seconds=ended - started,
+        rate=n / (ended - started),
+        steady_rate=(0.8 * n) / (crossing(samples, 0.9 * n) - crossing(samples, 0.1 * n)),
+        prefill_rate=prefill_rate,
+        cpu=meter.shares,
+        pid=daemon.pid,
+        startup_seconds=started - spawned,
+        shutdown_seconds=stopped,
+        max_rss_mb=daemon.max_rss_kb / 1024,
+        peak_rss_mb=peak / 1024 if peak else None,
+        rss_at_start_mb=rss_start / 1024,
+        log_lines=logged.lines,
+        log_bytes=logged.bytes,
+        log_outcomes=logged.outcomes,
+        log_warnings=logged.warnings,
+        sandbox_outcomes=outcomes,
+        ledger=ledger,
+        problems=problems,
+    )

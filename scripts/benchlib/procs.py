@@ -1,0 +1,271 @@
+"""The sandbox and the daemon in processes of their own; their memory and CPU time.
+
+Resident memory is read from ``/proc/<pid>/status`` (``VmRSS`` sampled while the daemon
+runs, ``VmHWM``, the kernel's own peak, before it is stopped); CPU time from
+``/proc/<pid>/stat``, so that the report says which process was busy. Every process started
+here is registered in ``Children`` and stopped on the way out, whatever the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .common import BenchError, Deadline, bounded, free_port, tail
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- /proc -------------------------------------------------------------------------------
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    """A ``/proc/<pid>/status`` field in kB (``VmRSS``, ``VmHWM``), None once gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int | None, *, system_only: bool = False) -> float | None:
+    """CPU time of ``pid`` so far (user plus system, or system only), None if unreadable."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime = int(fields[11]), int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (stime if system_only else utime + stime) / CLOCK_TICKS
+
+
+def broker_pid() -> int | None:
+    """The RabbitMQ node (the ``beam.smp`` that boots ``rabbit``; rabbitmqctl runs one too)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv[0].endswith(b"beam.smp") and b"rabbit" in argv and b"boot" in argv:
+                return int(cmdline.parent.name)
+    return None
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU time all processes of the machine used so far (``/proc/stat``, idle excluded)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def pid_cpu(pid: int | None, *, system_only: bool = False) -> Callable[[], float | None]:
+    return lambda: cpu_seconds(pid, system_only=system_only)
+
+
+class CpuMeter:
+    """Cores each reader's CPU time used between ``start`` and ``stop`` (1.0: one core)."""
+
+    def __init__(self, readers: dict[str, Callable[[], float | None]]) -> None:
+        self._readers = readers
+        self._start: dict[str, float | None] = {}
+        self._t0 = 0.0
+        self.shares: dict[str, float | None] = dict.fromkeys(readers)
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._start = {name: read() for name, read in self._readers.items()}
+
+    def stop(self) -> None:
+        wall = time.perf_counter() - self._t0
+        for name, read in self._readers.items():
+            before, after = self._start.get(name), read()
+            ok = before is not None and after is not None and wall > 0
+            self.shares[name] = (after - before) / wall if ok else None  # type: ignore[operator]
+
+
+# -- children ----------------------------------------------------------------------------
+
+
+class Children:
+    """Every process the bench started, to stop on the way out."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[Any]] = []
+
+    def spawn(
+        self, command: list[str], log: Path, *, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[Any]:
+        """Start ``command`` with stdout and stderr to ``log`` (a file: never a full pipe)."""
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command,
+                cwd=log.parent,  # an empty directory: no .env is read there
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal reaches only the bench
+            )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        """SIGTERM whatever still runs; SIGKILL what has not exited 15 s later."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+async def wait_exit(process: subprocess.Popen[Any], seconds: float) -> int | None:
+    """The exit code, or None if ``process`` still runs after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.05)
+    return process.returncode
+
+
+# -- the sandbox -------------------------------------------------------------------------
+
+
+class Sandbox:
+    """The sandbox in its own process (not on the daemon's core); latency set per scenario."""
+
+    def __init__(self, workdir: Path, children: Children) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "sandbox.log"
+        command = [sys.executable, "-m", "wa_consumer.sandbox", "--port", str(self.port)]
+        command += ["--no-request-log", "--no-rules", "--number-rate", "0"]
+        self.process = children.spawn(command, self.log)
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+
+    async def ready(self, seconds: float) -> None:
+        deadline = Deadline(seconds, "sandbox start")
+        while True:
+            self.alive()
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await self.stats()
+                return
+            if deadline.passed:
+                raise deadline.missed(f"port {self.port} does not answer\n{tail(self.log)}")
+            await asyncio.sleep(0.05)
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchError(f"sandbox exited with {self.process.returncode}:\n{tail(self.log)}")
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.session.get(f"{self.url}/_sandbox/stats") as response:
+            response.raise_for_status()
+            stats: dict[str, Any] = await response.json()
+            return stats
+
+    async def set_latency(self, ms: float) -> None:
+        """Every answer delayed by ``ms`` from now on (no jitter)."""
+        body = {"latency": {"ms": ms, "jitter_ms": 0}}
+        self.alive()
+
+        async def post() -> dict[str, Any]:
+            async with self.session.post(f"{self.url}/_sandbox/config", json=body) as response:
+                response.raise_for_status()
+                config: dict[str, Any] = await response.json()
+                return config
+
+        config = await bounded(post(), 10, "sandbox: set latency")
+        if config.get("latency", {}).get("ms") != ms:
+            raise BenchError(f"sandbox: latency not set to {ms:g} ms: {config.get('latency')}")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+# -- the daemon --------------------------------------------------------------------------
+
+
+class Daemon:
+    """``python -m wa_consumer run`` with exactly ``env``; its output to ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path, children: Children) -> None:
+        self.log = log
+        self.process = children.spawn([sys.executable, "-m", "wa_consumer", "run"], log, env=env)
+        self.pid = self.process.pid
+        self.max_rss_kb = 0
+
+    def alive(self, what: str) -> None:
+        if self.process.poll() is not None:
+            code = self.process.returncode
+            raise BenchError(f"{what}: daemon exited with {code}:\n{tail(self.log)}")
+
+    def sample_rss(self) -> int:
+        rss = proc_status_kb(self.pid, "VmRSS") or 0
+        self.max_rss_kb = max(self.max_rss_kb, rss)
+        return rss
+
+    def peak_rss_kb(self) -> int | None:
+        return proc_status_kb(self.pid, "VmHWM")
+
+    async def stop(self, grace: float, what: str) -> float:
+        """SIGTERM, then the seconds it took to exit 0; a ``BenchError`` otherwise."""
+        started = time.perf_counter()
+        self.process.send_signal(signal.SIGTERM)
+        code = await wait_exit(self.process, grace)
+        if code is None:
+            raise BenchError(f"{what}: daemon still running {grace:.0f} s after SIGTERM")
+        if code != 0:
+            raise BenchError(f"{what}: daemon exited with {code} after SIGTERM:\n{tail(self.log)}")
+        return time.perf_counter() - started
+
+    def log_stats(self) -> LogStats:
+        """What the daemon wrote: lines, bytes, outcomes of its message lines, warnings."""
+        stats = LogStats()
+        try:
+            data = self.log.read_bytes()
+        except OSError:
+            return stats
+        stats.bytes = len(data)
+        for line in data.splitlines():
+            stats.lines += 1
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "message":
+                outcome = str(event.get("outcome"))
+                stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
+            if event.get("level") in ("warning", "error", "critical"):
+                what = str(event.get("event"))
+                stats.warnings[what] = stats.warnings.get(what, 0) + 1
+        return stats
+
+
+@dataclass
+class LogStats:
+    lines: int = 0
+    bytes: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)  # of the per-message lines
+    warnings: dict[str, int] = field(default_factory=dict)  # lines at WARNING and up, by event

@@ -1,0 +1,225 @@
+"""Medians per scenario, the ratios the issues set targets for, the table and the JSON.
+
+Targets:
+
+- issue 7: the daemon at 0 ms with the ledger on, at least 0.5 of the floor;
+- issue 4: the same ratio at least 0.35, with every feature on;
+- issue 5: ledger on at least 0.80 of ledger off, both at 0 ms;
+- issue 7: at 100 ms, at least 0.80 of min(the 0 ms ledger-on rate, prefetch / latency);
+- issue 7: the daemon's resident memory under 200 MB in every scenario (the higher of the
+  sampled ``VmRSS`` and the kernel's ``VmHWM``).
+
+Ratios are taken between medians; ``per_round`` in the JSON has the same ratio within each
+round, where both sides were measured (the rounds alternate the scenarios, so a round's
+figures share the machine's load of the moment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .common import median_or_none
+from .measure import Run
+from .scenarios import Scenario
+
+RSS_LIMIT_MB = 200.0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _target(
+    what: str, issue: str, value: float | None, target: float, per_round: list[float]
+) -> dict[str, Any]:
+    verdict = None if value is None else ("PASS" if value >= target else "MISS")
+    return {
+        "what": what,
+        "issue": issue,
+        "value": value,
+        "target": f">= {target:g}",
+        "verdict": verdict,
+        "per_round": per_round,
+    }
+
+
+def clean(results: dict[str, list[Run]], key: str) -> list[Run]:
+    return [r for r in results.get(key, []) if not r.problems]
+
+
+def _paired(results: dict[str, list[Run]], top: str, bottom: str) -> list[float]:
+    below = {r.round: r.rate for r in clean(results, bottom)}
+    return [r.rate / below[r.round] for r in clean(results, top) if below.get(r.round)]
+
+
+def summary(
+    results: dict[str, list[Run]], scenarios: Sequence[Scenario], meta: dict[str, Any]
+) -> dict[str, Any]:
+    parts: dict[str, Any] = {}
+    medians: dict[str, float | None] = {}
+    for scenario in scenarios:
+        runs = results.get(scenario.key, [])
+        good = clean(results, scenario.key)
+        medians[scenario.key] = median_or_none([r.rate for r in good])
+        rss = [max(r.max_rss_mb or 0, r.peak_rss_mb or 0) for r in runs if r.max_rss_mb is not None]
+        parts[scenario.key] = {
+            **scenario.describe(),
+            "median_msg_s": medians[scenario.key],
+            "median_steady_msg_s": median_or_none([r.steady_rate for r in good]),
+            "clean_runs": len(good),
+            "max_rss_mb": max(rss, default=None),  # over every run, clean or not
+            "runs": [dataclasses.asdict(r) for r in runs],
+        }
+
+    floor, off, on = medians.get("floor"), medians.get("zero-off"), medians.get("zero-on")
+    slow = medians.get("latency")
+    latency = next((s for s in scenarios if s.key == "latency"), None)
+    bound, basis = None, ""
+    if latency is not None and slow is not None:
+        ceiling = latency.prefetch / (latency.latency_ms / 1000) if latency.latency_ms else None
+        candidates = [c for c in (on, ceiling) if c is not None]
+        bound = min(candidates) if candidates else None
+        basis = (
+            f"min(0 ms ledger-on {on or 0:,.0f}, prefetch/latency "
+            f"{ceiling or float('inf'):,.0f}) = {bound or 0:,.0f} msg/s"
+        )
+    latency_rounds = [r.rate / bound for r in clean(results, "latency") if bound]
+
+    targets = {
+        "zero_on_over_floor": _target(
+            "0 ms ledger-on / floor",
+            "7",
+            _ratio(on, floor),
+            0.5,
+            _paired(results, "zero-on", "floor"),
+        ),
+        "zero_on_over_floor_all_features": _target(
+            "0 ms ledger-on / floor, every feature on",
+            "4",
+            _ratio(on, floor),
+            0.35,
+            _paired(results, "zero-on", "floor"),
+        ),
+        "ledger_on_over_off": _target(
+            "ledger-on / ledger-off at 0 ms",
+            "5",
+            _ratio(on, off),
+            0.8,
+            _paired(results, "zero-on", "zero-off"),
+        ),
+        "latency_over_bound": {
+            **_target(
+                f"{latency.latency_ms:g} ms rate / min(0 ms rate, prefetch/latency)"
+                if latency
+                else "latency rate / bound",
+                "7",
+                _ratio(slow, bound),
+                0.8,
+                latency_rounds,
+            ),
+            "bound": basis,
+        },
+    }
+    for scenario in scenarios:
+        rss = parts[scenario.key]["max_rss_mb"]
+        if scenario.daemon:
+            targets[f"rss_{scenario.key}"] = {
+                "what": f"max RSS, {scenario.label}",
+                "issue": "7",
+                "value": rss,
+                "target": f"< {RSS_LIMIT_MB:g} MB",
+                "verdict": None if rss is None else ("PASS" if rss < RSS_LIMIT_MB else "MISS"),
+                "per_round": [r["peak_rss_mb"] for r in parts[scenario.key]["runs"]],
+            }
+    unclean = [
+        {
+            "scenario": r.scenario,
+            "round": r.round,
+            "problems": r.problems,
+            "warnings": r.log_warnings,
+        }
+        for runs in results.values()
+        for r in runs
+        if r.problems
+    ]
+    return {"settings": meta, "scenarios": parts, "targets": targets, "not_clean": unclean}
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{share * 100:.0f}%"
+
+
+def describe(run: Run, label: str) -> str:
+    """One line per measurement, printed as it completes."""
+    cpu = ", ".join(f"{name} {_pct(share)}" for name, share in run.cpu.items())
+    text = (
+        f"  #{run.round} {label}: {run.messages:,} in {run.seconds:.2f} s = {run.rate:,.0f} msg/s"
+        f" (steady {run.steady_rate:,.0f}); prefill {run.prefill_rate:,.0f} msg/s; cpu {cpu}"
+    )
+    if run.pid is not None:
+        text += (
+            f"; start {run.startup_seconds:.2f} s, stop {run.shutdown_seconds:.2f} s;"
+            f" rss {run.rss_at_start_mb:.0f} -> {run.max_rss_mb:.0f} MB"
+            f" (peak {run.peak_rss_mb or 0:.0f}); {run.log_lines:,} log lines"
+        )
+        extra = {k: v for k, v in run.log_outcomes.items() if k != "sent"}
+        if extra or run.log_warnings:
+            text += f"; other outcomes {extra}, warnings {run.log_warnings}"
+    return text
+
+
+def _value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.0f} MB" if unit == "MB" else f"{value:.3f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"N={s['messages']:,}  repeat={s['repeat']}  python {s['python']}  {s['loop']}  "
+        f"{s['cpus']} cpus  load {s['loadavg_at_start'][0]:.2f}  "
+        f"daemon log {s['daemon_log']}  WA_NUMBER_RATE={s['number_rate']}",
+        "",
+        f"{'scenario':<30}{'prefetch':>9}{'msg/s':>9}{'steady':>9}{'max RSS':>9}   runs (msg/s)",
+    ]
+    for part in report["scenarios"].values():
+        if not part["runs"]:
+            continue
+        rss = "-" if part["max_rss_mb"] is None else f"{part['max_rss_mb']:.0f} MB"
+        runs = " ".join(f"{r['rate']:,.0f}{'*' if r['problems'] else ''}" for r in part["runs"])
+        if part["median_msg_s"] is None:
+            lines.append(f"{part['label']:<30}{part['prefetch']:>9}{'n/a':>9}{'n/a':>9}{rss:>9}")
+            continue
+        lines.append(
+            f"{part['label']:<30}{part['prefetch']:>9}"
+            f"{part['median_msg_s']:>9,.0f}{part['median_steady_msg_s']:>9,.0f}"
+            f"{rss:>9}   {runs}"
+        )
+    lines += ["", f"{'target':<58}{'issue':>6}{'value':>9}{'target':>11}"]
+    for target in report["targets"].values():
+        unit = "MB" if target["target"].endswith("MB") else ""
+        verdict = target["verdict"] or "n/a"
+        lines.append(
+            f"{target['what']:<58}{target['issue']:>6}{_value(target['value'], unit):>9}"
+            f"{target['target']:>11}  {verdict}"
+        )
+        if target.get("bound"):
+            lines.append(f"    bound: {target['bound']}")
+    if report["not_clean"]:
+        lines += ["", "* not clean, left out of the medians:"]
+        for bad in report["not_clean"]:
+            lines.append(f"  {bad['scenario']} round {bad['round']}: {'; '.join(bad['problems'])}")
+            if bad["warnings"]:
+                lines.append(f"    daemon warnings: {bad['warnings']}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

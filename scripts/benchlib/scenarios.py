@@ -1,0 +1,138 @@
+"""The scenarios, in the order one round measures them, and what each daemon runs with.
+
+floor
+    A bare aio-pika consumer in the bench process: same prefetch, same event loop (uvloop),
+    a callback that only acks. What a user would write with no features.
+zero-off
+    The daemon against the sandbox at 0 ms, no ledger (no ``WA_DATABASE_URL``).
+zero-on
+    The same with the ledger in the run's scratch database.
+latency
+    The sandbox answering after 100 ms (``--latency-ms``), ledger on, ``WA_PREFETCH=500``
+    (``--latency-prefetch``).
+
+The daemon runs with its own defaults except: broker names unique to the measurement, the
+sandbox as Cloud API and tenant service, ``/metrics`` on a free port, the log level of
+``--log-level`` (default the daemon's own, INFO: one JSON line per message, to a file), and
+``WA_NUMBER_RATE=0`` unless ``--number-rate`` is given: the per-number limit (80/s by default)
+would cap the bench at 80/s per number, and the bench measures the pipeline (the limiter has
+tests of its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import SecretStr
+
+from wa_consumer.settings import Settings
+
+from .common import free_port
+
+ORDER = ("floor", "zero-off", "zero-on", "latency")
+DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
+DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
+NUMBER_RATE = "number_rate"  # the per-number limit's field in Settings (WA_NUMBER_RATE)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    daemon: bool
+    latency_ms: float = 0.0
+    ledger: bool = False
+    prefetch: int = DAEMON_PREFETCH
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "process": "daemon" if self.daemon else "bare aio-pika consumer",
+            "latency_ms": self.latency_ms if self.daemon else None,
+            "ledger": self.ledger,
+            "prefetch": self.prefetch,
+        }
+
+
+def plan(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios of ``--scenarios``, in round order."""
+    ms = args.latency_ms
+    every = {
+        "floor": Scenario("floor", "floor (aio-pika consume+ack)", False, prefetch=args.prefetch),
+        "zero-off": Scenario(
+            "zero-off", "daemon 0 ms, ledger off", True, 0.0, False, args.prefetch
+        ),
+        "zero-on": Scenario("zero-on", "daemon 0 ms, ledger on", True, 0.0, True, args.prefetch),
+        "latency": Scenario(
+            "latency",
+            f"daemon {ms:g} ms, ledger on",
+            True,
+            ms,
+            True,
+            args.latency_prefetch,
+        ),
+    }
+    return [every[key] for key in ORDER if key in args.scenarios]
+
+
+def overrides(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    amqp_url: str,
+    sandbox_url: str,
+    database_url: str | None,
+) -> dict[str, Any]:
+    """The settings a measurement sets (field name: value); the daemon defaults the rest."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "amqp_url": amqp_url,
+        "exchange": f"wx-{tag}",
+        "dead_letter_exchange": f"dlx-{tag}",
+        "queue": f"main-{tag}",
+        "dead_letter_queue": f"failed-{tag}",
+        "retry_queue_prefix": f"retry-{tag}-",
+        "graph_api_url": sandbox_url,
+        "tenant_service_url": sandbox_url,
+        "prefetch": scenario.prefetch,
+    }
+    if scenario.daemon:
+        values["metrics_port"] = free_port()  # /metrics on, as deployed
+        values["log_level"] = args.log_level
+        values["log_format"] = "json"
+        values[NUMBER_RATE] = 0.0 if args.number_rate is None else args.number_rate
+        if scenario.ledger:
+            if database_url is None:
+                raise ValueError("a ledger-on scenario needs the scratch database")
+            values["database_url"] = database_url
+    return values
+
+
+def make_settings(values: dict[str, Any]) -> Settings:
+    """The settings the bench reads its queue names from (fields the daemon lacks ignored)."""
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    return Settings(_env_file=None, **known)
+
+
+def daemon_env(values: dict[str, Any]) -> dict[str, str]:
+    """This environment without any ``WA_`` variable, plus ``values`` as ``WA_<NAME>``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WA_")}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            text = orjson.dumps(value).decode()
+        elif isinstance(value, float) and value.is_integer():
+            text = str(int(value))
+        else:
+            text = str(value)
+        env[f"WA_{name.upper()}"] = text
+    return env
