@@ -155,3 +155,52 @@ async def test_consuming_resumes_after_the_broker_connection_drops(vhost, sandbo
             await wait_for(lambda: _all_sent(sandbox, ["27840000002"]), timeout=30)
     finally:
         await proxy.close()
+
+
+async def run_cli(settings: Settings, *args: str, **extra: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wa_consumer", *args,
+        env=env_for(settings, **extra),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_topology_check_then_declare_then_check(vhost, sandbox) -> None:
+    settings = make_settings(vhost, sandbox.url)
+    code, _, err = await run_cli(settings, "topology", "declare", "--check")
+    assert code == 1
+    assert "does not exist" in err
+    assert (await run_cli(settings, "topology", "declare"))[0] == 0
+    code, out, _ = await run_cli(settings, "topology", "declare", "--check")
+    assert code == 0
+    assert "as configured" in out
+
+
+async def test_no_token_appears_in_logs_or_dead_letter_headers(vhost, sandbox) -> None:
+    """190 then refetch, an auth failure to the end, and a dead message: no token anywhere."""
+    settings = make_settings(vhost, sandbox.url, log_level="DEBUG")
+    old = sandbox.state.token("acme")
+    proc = await start_daemon(settings)
+    assert proc.stdout is not None
+    async with broker_for(settings) as broker:
+        async with asyncio.timeout(20):
+            lines = [await proc.stdout.readline()]
+            while b'"consuming"' not in lines[-1]:
+                lines.append(await proc.stdout.readline())
+        await broker.publish(text_message("acme", "27860000001"))
+        await wait_for(lambda: _all_sent(sandbox, ["27860000001"]))
+        sandbox.state.rotate("acme")
+        await broker.publish(text_message("acme", "27860000002"))
+        await broker.publish(text_message("acme", "15550000001"))  # dead: permanent
+        await wait_for(lambda: _all_sent(sandbox, ["27860000002"]))
+        [dead] = await broker.dead(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = b"".join(lines).decode() + out.decode() + err.decode() + repr(dead.headers)
+    assert '"outcome":"sent"' in text  # the log was captured
+    for token in (old, sandbox.state.token("acme")):
+        assert token not in text
