@@ -180,7 +180,7 @@ class Metrics:
             "wa_alerts", "Alerts raised (after dedup), by alert.", ("alert",), registry=r
         )
         self.alerts_dropped = Counter(
-            "wa_alerts_dropped", "Alerts not posted to the webhook: queue full.", registry=r
+            "wa_alerts_dropped", "Alerts never posted: webhook queue full, or shutdown.", registry=r
         )
         self.alert_webhook_failures = Counter(
             "wa_alert_webhook_failures", "Alerts the webhook never accepted.", registry=r

@@ -16,9 +16,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from .broker import declare_topology, depth, leftovers, prefill
 from .common import BenchError, Deadline, bounded, close_quietly, crossing, tail
@@ -28,6 +29,8 @@ from .scenarios import Scenario, daemon_env, make_settings, overrides
 
 POLL_START = 0.01  # seconds between polls while waiting for the daemon's consumer
 POLL_DRAIN = 0.1  # seconds between polls while it drains
+SETTLE_QUIET = 0.5  # after the N-th send: seconds with no further send before the stop
+SETTLE_MAX = 10.0
 
 
 @dataclass
@@ -148,6 +151,33 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     )
 
 
+async def settle(
+    sandbox: Sandbox,
+    admin: AbstractConnection,
+    queue: str,
+    base: int,
+    sent: int,
+    stats: dict[str, Any],
+) -> tuple[int, dict[str, Any]]:
+    """Wait (up to ``SETTLE_MAX`` s) until no send and no ready message for ``SETTLE_QUIET`` s.
+
+    A clean run sends nothing after the N-th; a daemon whose channel closed goes on sending
+    redelivered copies, and stopping it at once would hide how many.
+    """
+    quiet_since = time.perf_counter()
+    deadline = Deadline(SETTLE_MAX, "settle")
+    while not deadline.passed:
+        await asyncio.sleep(POLL_DRAIN)
+        stats = await bounded(sandbox.stats(), 10, "sandbox stats")
+        now = int(stats["requests"]) - base
+        ready, _ = await depth(admin, queue)
+        if now != sent or ready:
+            sent, quiet_since = now, time.perf_counter()
+        elif time.perf_counter() - quiet_since >= SETTLE_QUIET:
+            break
+    return sent, stats
+
+
 async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     n = ctx.args.messages
     what = f"{scenario.key} round {round_no}"
@@ -212,6 +242,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
                 raise deadline.missed(f"{sent:,} of {n:,} sends answered, {ready:,} ready")
         meter.stop()
         peak = daemon.peak_rss_kb()
+        sent, stats = await settle(sandbox, admin, settings.queue, base_requests, sent, stats)
         outcomes = {
             k: v - base_outcomes.get(k, 0)
             for k, v in stats["by_outcome"].items()

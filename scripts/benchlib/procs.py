@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import orjson
 from .common import BenchError, Deadline, bounded, free_port, tail
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_OBJECT = re.compile(r"<[^<>]*>")  # a repr in a library's log line: one key for all of them
 
 
 # -- /proc -------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class Daemon:
                 outcome = str(event.get("outcome"))
                 stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
             if event.get("level") in ("warning", "error", "critical"):
-                what = str(event.get("event"))
+                what = _OBJECT.sub("<...>", str(event.get("event")))[:100]
                 stats.warnings[what] = stats.warnings.get(what, 0) + 1
         return stats
 
