@@ -1,4 +1,4 @@
-"""A message's life: validate -> claim -> limit -> send -> classify -> settle.
+"""A message's life: validate -> limit -> claim -> send -> classify -> settle.
 
 ``Pipeline.handle`` is the consumer's callback. ``_decide`` reads like SPEC §4: each stage is
 one call and returns an ``Outcome``; the ledger records it, and only ``settle`` touches the
@@ -130,7 +130,19 @@ class Pipeline:
         if expired := self._expired(message, delivery):
             return Dead(Failure("expired", "expired", expired))
 
-        # claim
+        # credentials
+        try:
+            creds = await self.credentials.get(message.tenant_id)
+            number = resolve_number(creds, message.tenant_id, message.phone_number_id)
+        except CredentialError as exc:
+            return self._credential_failure(ctx, exc)
+
+        # limit
+        if not await self.limiter.acquire(number, message.to):
+            failure = Failure("throttled", "throttled", f"number {number} throttled")
+            return self._wait(failure, self.policy.throttle_delay)
+
+        # claim (after the limit: a throttled message costs the ledger nothing)
         try:
             claim = await self.ledger.claim(message)
         except LedgerUnavailable:
@@ -145,17 +157,6 @@ class Pipeline:
             text = _crash_text(self.policy.max_deliveries)
             return Dead(Failure("crash_loop", "crash_loop", text))
 
-        # credentials
-        try:
-            creds = await self.credentials.get(message.tenant_id)
-            number = resolve_number(creds, message.tenant_id, message.phone_number_id)
-        except CredentialError as exc:
-            return self._credential_failure(ctx, exc)
-
-        # limit
-        if not await self.limiter.acquire(number, message.to):
-            failure = Failure("throttled", "throttled", f"number {number} throttled")
-            return self._wait(failure, self.policy.throttle_delay)
         if self.stopping:
             return HandBack()
 

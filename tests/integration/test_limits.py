@@ -162,14 +162,18 @@ async def test_two_daemons_sharing_redis_hold_one_limit_together(
     assert worst <= 55
 
 
-async def test_a_throttled_number_does_not_slow_another(vhost, sandbox) -> None:
-    """200 messages of A (5/s) queued ahead of 500 of B (no limit): B goes as if alone."""
-    alone = make_settings(vhost, sandbox.url, number_rate=0)
+async def test_a_throttled_number_does_not_slow_another(vhost, sandbox, database) -> None:
+    """200 messages of A (5/s) queued ahead of 500 of B (no limit): B goes as if alone.
+
+    With the ledger on: a throttled message waits without touching it."""
+    alone = make_settings(vhost, sandbox.url, number_rate=0, database_url=database)
     await queued(alone, messages("globex", "1777", 500))
     async with running(alone):
         b_alone = await until_sent(sandbox, 500, B, "1777")
 
-    settings = make_settings(vhost, sandbox.url, number_rate=0, number_rates={A: 5})
+    settings = make_settings(
+        vhost, sandbox.url, number_rate=0, number_rates={A: 5}, database_url=database
+    )
     await queued(
         settings,
         messages("acme", "1666", 200, phoneNumberId=A),
