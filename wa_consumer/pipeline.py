@@ -24,7 +24,8 @@ from .logs import get_logger
 from .message import Outbound, parse
 from .metrics import NullObserver, Observer
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
-from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter, Record
+from .report import Context, attempt_of, log_outcome, record_of, short_name
+from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter
 from .settle import H_DELIVERIES, H_FIRST_FAILED, H_RETRY_COUNT, Settler, header_int
 
 log = get_logger("pipeline")
@@ -82,7 +83,7 @@ class Pipeline:
         self.in_flight.add(task)
         self.deciding.add(task)
         started = time.perf_counter()
-        ctx = _Context(header_int(delivery.headers, H_RETRY_COUNT) + 1)
+        ctx = Context(header_int(delivery.headers, H_RETRY_COUNT) + 1)
         try:
             try:
                 outcome = await self._decide(delivery, ctx)
@@ -96,17 +97,17 @@ class Pipeline:
             # recording and settling run to their end, each bounded by its own timeout.
             self.deciding.discard(task)
             if ctx.claimed is not None:
-                await self.ledger.finish(ctx.claimed, _record(outcome, ctx), ctx.attempts)
+                await self.ledger.finish(ctx.claimed, record_of(outcome, ctx), ctx.attempts)
             settled = await self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
-            short = _short(outcome)
+            short = short_name(outcome)
             self.counts[short] += 1
             self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
-            _log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
+            log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
         finally:
             self.deciding.discard(task)
             self.in_flight.discard(task)
 
-    async def _decide(self, delivery: AbstractIncomingMessage, ctx: _Context) -> Outcome:
+    async def _decide(self, delivery: AbstractIncomingMessage, ctx: Context) -> Outcome:
         # Crash-loop bound without a ledger: a redelivery means a delivery ended with no
         # outcome; its count travels in a header of a requeued copy.
         if delivery.redelivered and not self.ledger.counts_deliveries:
@@ -164,7 +165,7 @@ class Pipeline:
         return await self._send(message, creds, number, ctx)
 
     async def _send(
-        self, message: Outbound, creds: Credentials, number: str, ctx: _Context
+        self, message: Outbound, creds: Credentials, number: str, ctx: Context
     ) -> Outcome:
         refreshed = False
         while True:
@@ -187,7 +188,7 @@ class Pipeline:
                 failure = Failure(category, err.code_text, err.message, err.subcode)
                 if rule.refresh_credentials and not refreshed:
                     # 401 / 190: the token changed; fetch it again and resend once, at once.
-                    ctx.attempts.append(_attempt(ctx, at, "refresh", err, category))
+                    ctx.attempts.append(attempt_of(ctx, at, "refresh", err, category))
                     refreshed = True
                     self.credentials.invalidate(message.tenant_id)
                     try:
@@ -201,7 +202,7 @@ class Pipeline:
                     outcome = self._retry_or_dead(ctx, failure, rule.min_delay)
                 else:
                     outcome = Dead(failure)
-                ctx.attempts.append(_attempt(ctx, at, _short(outcome), err, category))
+                ctx.attempts.append(attempt_of(ctx, at, short_name(outcome), err, category))
                 return outcome
             ctx.latency_ms = (time.perf_counter() - started) * 1000
             self.observer.latency(ctx.latency_ms / 1000)
@@ -211,11 +212,11 @@ class Pipeline:
             self.limiter.sent(number, message.to)
             return Delivered(result.wamid)
 
-    def _credential_failure(self, ctx: _Context, exc: CredentialError) -> Outcome:
+    def _credential_failure(self, ctx: Context, exc: CredentialError) -> Outcome:
         failure = Failure(exc.category, exc.category, str(exc))
         return self._retry_or_dead(ctx, failure) if exc.retryable else Dead(failure)
 
-    def _retry_or_dead(self, ctx: _Context, failure: Failure, min_delay: float = 0.0) -> Outcome:
+    def _retry_or_dead(self, ctx: Context, failure: Failure, min_delay: float = 0.0) -> Outcome:
         retries = ctx.attempt - 1
         if retries >= self.policy.max_retries:
             text = f"{failure.category} after {retries} retries: {failure.message}"
@@ -244,111 +245,6 @@ class Pipeline:
                 limit = self.policy.max_age_seconds
                 return f"{age:.0f} s old, over the maximum age of {limit:.0f} s"
         return None
-
-
-class _Context:
-    """What one delivery learns on its way: for the outcome line and the ledger."""
-
-    __slots__ = (
-        "attempt",
-        "attempts",
-        "claimed",
-        "internal_id",
-        "latency_ms",
-        "tenant_id",
-        "type",
-    )
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
-        self.tenant_id: str | None = None
-        self.internal_id: str | None = None
-        self.type: str | None = None
-        self.latency_ms: float | None = None
-        self.claimed: Outbound | None = None  # set once the ledger gave us the message
-        self.attempts: list[Attempt] = []
-
-    def bind(self, message: Outbound) -> None:
-        self.tenant_id = message.tenant_id
-        self.internal_id = message.internal_id
-        self.type = message.type
-
-
-def _attempt(ctx: _Context, at: datetime, outcome: str, err: GraphError, category: str) -> Attempt:
-    return Attempt(
-        ctx.attempt,
-        at,
-        ctx.latency_ms or 0.0,
-        outcome,
-        http_status=err.status,
-        code=err.code_text,
-        subcode=err.subcode,
-        category=category,
-        message=err.message,
-        ambiguous=err.maybe_sent,
-    )
-
-
-def _record(outcome: Outcome, ctx: _Context) -> Record:
-    """The ledger's view of an outcome."""
-    retries = ctx.attempt - 1
-    if isinstance(outcome, Delivered):
-        return Record("sent", retries, wamid=outcome.wamid)
-    if isinstance(outcome, Retry):
-        f = outcome.failure
-        status = "retry_scheduled" if outcome.counts else "waiting"
-        return Record(
-            status,
-            retries + outcome.counts,
-            code=f.code,
-            category=f.category,
-            message=f.message,
-            next_in=outcome.delay,
-        )
-    if isinstance(outcome, Dead):
-        f = outcome.failure
-        return Record("dead", retries, code=f.code, category=f.category, message=f.message)
-    return Record("pending", retries)  # handed back: free for the next consumer at once
-
-
-def _log_outcome(
-    ctx: _Context, outcome: Outcome, short: str, settled: str, total_ms: float
-) -> None:
-    fields: dict[str, object] = {
-        "tenant_id": ctx.tenant_id,
-        "internal_id": ctx.internal_id,
-        "type": ctx.type,
-        "attempt": ctx.attempt,
-        "outcome": short,
-        "settled": settled,
-        "latency_ms": round(ctx.latency_ms, 1) if ctx.latency_ms is not None else None,
-        "total_ms": round(total_ms, 1),
-    }
-    failure = getattr(outcome, "failure", None)
-    if failure is None:
-        log.info("message", **fields)
-        return
-    fields["code"] = failure.code
-    fields["category"] = failure.category
-    fields["error"] = failure.message[:300]
-    if isinstance(outcome, Dead):
-        log.warning("message", **fields)
-    else:
-        log.info("message", **fields)
-
-
-def _short(outcome: Outcome) -> str:
-    if isinstance(outcome, Delivered):
-        return "sent"
-    if isinstance(outcome, Duplicate):
-        return "duplicate"
-    if isinstance(outcome, Retry):
-        return "retry" if outcome.counts else "wait"
-    if isinstance(outcome, Dead):
-        return "dead"
-    if isinstance(outcome, Recount):
-        return "recount"
-    return "handed_back"
 
 
 def _tenant_from_key(routing_key: str | None) -> str | None:
