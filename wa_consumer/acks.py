@@ -1,4 +1,4 @@
-"""Acks coalesced into ``basic.ack(multiple=True)`` frames.
+"""Acks coalesced into ``basic.ack(multiple=True)`` frames, written in order.
 
 One ack frame per message is one socket write per message: about a tenth of the daemon's CPU
 at full speed. Deliveries of a channel are remembered in delivery order; once per loop turn,
@@ -8,9 +8,12 @@ back the acks (and the prefetch window) of the others.
 
 Safety: a ``multiple`` ack up to tag T acks every outstanding delivery <= T, so T is only
 ever in a run whose members are all settled (acked here, or nacked before); and T itself
-must still be outstanding, or RabbitMQ closes the channel ("unknown delivery tag").
-Every delivery must be registered (``delivered``) before any later one is acked: the
-pipeline does it in the first step of its task, and aio-pika starts those tasks in order.
+must still be outstanding, or RabbitMQ closes the channel ("unknown delivery tag"). Frames
+therefore reach the broker in the order decided here: one writer per channel puts them on
+aiormq's queue one after another (concurrent ``put`` calls on a full queue do not keep
+their order). Every delivery must be registered (``delivered``) before any later one is
+acked: the pipeline does it in the first step of its task, and aio-pika starts those tasks
+in order.
 """
 
 from __future__ import annotations
@@ -28,15 +31,22 @@ log = get_logger("acks")
 
 _PENDING, _TO_ACK, _SETTLED = 0, 1, 2
 
+# (tag, multiple, requeue): requeue None for an ack, True/False for a nack.
+_Frame = tuple[int, bool, bool | None]
+
 
 class _Outstanding:
-    __slots__ = ("channel", "order", "state", "to_ack")
+    """One channel's deliveries not yet settled, and the frames not yet written."""
+
+    __slots__ = ("channel", "frames", "order", "state", "to_ack", "writer")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         self.order: deque[int] = deque()
         self.state: dict[int, int] = {}
         self.to_ack: set[int] = set()
+        self.frames: deque[_Frame] = deque()
+        self.writer: asyncio.Task[None] | None = None
 
 
 class AckCoalescer:
@@ -45,26 +55,27 @@ class AckCoalescer:
     def __init__(self) -> None:
         self._channels: dict[int, _Outstanding] = {}
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _outstanding(self, channel: Any) -> _Outstanding:
+        out = self._channels.get(id(channel))
+        if out is None or out.channel is not channel:
+            out = self._channels[id(channel)] = _Outstanding(channel)
+        return out
 
     def delivered(self, delivery: AbstractIncomingMessage) -> None:
         tag = delivery.delivery_tag
         if tag is None:
             return
-        channel = delivery.channel
-        out = self._channels.get(id(channel))
-        if out is None or out.channel is not channel:
-            out = self._channels[id(channel)] = _Outstanding(channel)
+        out = self._outstanding(delivery.channel)
         out.order.append(tag)
         out.state[tag] = _PENDING
 
     def ack(self, delivery: AbstractIncomingMessage) -> None:
         """Ack soon (this loop turn); raises if the delivery's channel is already closed."""
-        channel = delivery.channel  # raises ChannelInvalidStateError when closed
-        out = self._channels.get(id(channel))
+        out = self._outstanding(delivery.channel)  # raises ChannelInvalidStateError when closed
         tag = delivery.delivery_tag
-        if out is None or tag is None or out.state.get(tag) != _PENDING:
-            self._spawn(channel.basic_ack(tag or 0))
+        if tag is None or out.state.get(tag) != _PENDING:
+            self._write(out, (tag or 0, False, None))  # not registered: ack it alone
             return
         out.state[tag] = _TO_ACK
         out.to_ack.add(tag)
@@ -72,12 +83,12 @@ class AckCoalescer:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def nack(self, delivery: AbstractIncomingMessage, *, requeue: bool) -> None:
-        channel = delivery.channel
-        tag = delivery.delivery_tag
-        await channel.basic_nack(tag or 0, requeue=requeue)
-        out = self._channels.get(id(channel))
-        if out is not None and tag is not None and tag in out.state:
+    def nack(self, delivery: AbstractIncomingMessage, *, requeue: bool) -> None:
+        """Nack now, in order with the acks already decided."""
+        out = self._outstanding(delivery.channel)
+        tag = delivery.delivery_tag or 0
+        self._write(out, (tag, False, requeue))
+        if tag in out.state:
             out.state[tag] = _SETTLED
 
     def _flush(self) -> None:
@@ -93,27 +104,36 @@ class AckCoalescer:
                     last = tag
                     out.to_ack.discard(tag)
             if last:
-                self._spawn(out.channel.basic_ack(last, multiple=True))
-            for tag in out.to_ack:
+                self._write(out, (last, True, None))
+            for tag in sorted(out.to_ack):
                 out.state[tag] = _SETTLED
-                self._spawn(out.channel.basic_ack(tag))
+                self._write(out, (tag, False, None))
             out.to_ack.clear()
 
-    def _spawn(self, ack: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(ack)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+    def _write(self, out: _Outstanding, frame: _Frame) -> None:
+        out.frames.append(frame)
+        if out.writer is None or out.writer.done():
+            out.writer = asyncio.ensure_future(self._writer(out))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # The channel died: nothing lost, the broker redelivers what was not acked.
-            level = log.info if isinstance(exc, aiormq.exceptions.AMQPError) else log.warning
-            level("ack_not_sent", error=type(exc).__name__)
+    async def _writer(self, out: _Outstanding) -> None:
+        channel = out.channel
+        while out.frames:
+            tag, multiple, requeue = out.frames.popleft()
+            try:
+                if requeue is None:
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                else:
+                    await channel.basic_nack(tag, requeue=requeue, wait=False)
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                # The channel died: nothing lost, the broker redelivers what was not acked.
+                log.info("acks_not_sent", error=type(exc).__name__, frames=len(out.frames) + 1)
+                out.frames.clear()
+                return
 
     async def drain(self) -> None:
-        """Send what is pending now (before closing the channel)."""
+        """Write what is decided now (before closing the channel)."""
         if self._scheduled:
             self._flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        writers = [o.writer for o in self._channels.values() if o.writer is not None]
+        if writers:
+            await asyncio.gather(*writers, return_exceptions=True)

@@ -119,21 +119,21 @@ class Settler:
                 if await self._publish(self._channel.default_exchange, self._main_queue, copy):
                     self.acks.ack(delivery)
                     return Settled.HANDED_BACK
-                await self.acks.nack(delivery, requeue=True)
+                self.acks.nack(delivery, requeue=True)
                 return Settled.REQUEUED
             if isinstance(outcome, Retry):
                 copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
                 if await self._publish(self._channel.default_exchange, outcome.queue, copy):
                     self.acks.ack(delivery)
                     return Settled.RETRIED
-                await self.acks.nack(delivery, requeue=True)
+                self.acks.nack(delivery, requeue=True)
                 return Settled.REQUEUED
             if isinstance(outcome, Dead):
                 copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
                 if await self._publish(self._dlx, self._dead_key, copy):
                     self.acks.ack(delivery)
                     return Settled.DEAD
-                await self.acks.nack(delivery, requeue=False)
+                self.acks.nack(delivery, requeue=False)
                 return Settled.DEAD_BY_BROKER
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             # The consuming channel is gone: nothing was acked, the broker redelivers.

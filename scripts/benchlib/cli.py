@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
     add("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
     add("--logs", type=Path, help="keep the daemons' and the sandbox's logs here (default: not)")
     add("--deadline", type=float, default=300.0, help="seconds allowed for each wait (300)")
+    add(
+        "--stall",
+        type=float,
+        default=30.0,
+        help="a daemon that sends nothing for this long is stopped, its run not clean (30)",
+    )
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(args.scenarios) - set(ORDER))
@@ -78,8 +84,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         parser.error(f"--scenarios: unknown {unknown}; choose from {','.join(ORDER)}")
     if args.messages < 10 or args.repeat < 1 or args.prefetch < 1 or args.latency_prefetch < 1:
         parser.error("need --messages >= 10, --repeat >= 1 and prefetches >= 1")
-    if args.latency_ms < 0 or args.deadline <= 0 or (args.number_rate or 0) < 0:
-        parser.error("need --latency-ms >= 0, --deadline > 0 and --number-rate >= 0")
+    if args.latency_ms < 0 or args.deadline <= 0 or args.stall <= 0 or (args.number_rate or 0) < 0:
+        parser.error("need --latency-ms >= 0, --deadline and --stall > 0, --number-rate >= 0")
     return args
 
 

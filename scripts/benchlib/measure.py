@@ -5,8 +5,14 @@ Floor: timed from the first message the bare consumer receives to its N-th ack.
 Daemon: timed from the daemon's first consumed message (its consumer appears on the queue;
 the broker pushes a prefetch's worth at once) until the sandbox has answered N sends; the
 moment of the N-th answer is interpolated between two polls of ``/_sandbox/stats`` (every
-100 ms). Then SIGTERM: the daemon must exit 0, with nothing left in any queue, exactly N
-sends made, and (ledger on) N more records marked sent in the ledger.
+100 ms). Then, once nothing more is sent for half a second, SIGTERM: the daemon must exit 0
+within its grace period.
+
+A clean measurement made exactly N sends, left nothing in any queue, logged no warning or
+error and (ledger on) has its N records marked sent in the ledger. One that is not (the
+daemon sent a message twice, lost its channel, stalled for ``--stall`` seconds, ...) is
+reported with its problems and left out of the medians; the run goes on. A daemon that dies,
+or a wait that passes ``--deadline``, ends the run.
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from .broker import declare_topology, depth, leftovers, prefill
 from .common import BenchError, Deadline, bounded, close_quietly, crossing, tail
 from .database import ledger_counts
-from .procs import Children, CpuMeter, Daemon, Sandbox, broker_pid, machine_cpu_seconds, pid_cpu
+from .procs import (
+    Children,
+    CpuMeter,
+    Daemon,
+    GroupCpu,
+    Sandbox,
+    broker_pid,
+    machine_cpu_seconds,
+    pid_cpu,
+)
 from .scenarios import Scenario, daemon_env, make_settings, overrides
 
 POLL_START = 0.01  # seconds between polls while waiting for the daemon's consumer
@@ -56,8 +71,7 @@ class Run:
     log_warnings: dict[str, int] = field(default_factory=dict)  # WARNING and up, by event
     sandbox_outcomes: dict[str, int] = field(default_factory=dict)
     ledger: dict[str, int] = field(default_factory=dict)  # its records by status, attempts
-    # Not clean (excluded from the medians): sends made twice, messages left in a queue, a
-    # ledger that does not hold every message as sent. The daemon's fault, not the bench's.
+    # Why the measurement is not clean (then left out of the medians); empty when it is.
     problems: list[str] = field(default_factory=list)
 
 
@@ -205,6 +219,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
                 "daemon_system": pid_cpu(daemon.pid, system_only=True),
                 "sandbox": pid_cpu(sandbox.process.pid),
                 "broker": pid_cpu(broker_pid()),
+                "postgres": GroupCpu("postgres"),
                 "machine": machine_cpu_seconds,
             }
         )
@@ -227,16 +242,26 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
 
         samples: list[tuple[float, int]] = [(started, 0)]
         deadline = Deadline(ctx.args.deadline, f"{what}: drain")
+        stalled, progressed = "", started
         while True:
             await asyncio.sleep(POLL_DRAIN)
             daemon.alive(what)
             sandbox.alive()
             stats = await bounded(sandbox.stats(), 10, "sandbox stats")
             sent = int(stats["requests"]) - base_requests
-            samples.append((time.perf_counter(), sent))
+            now = time.perf_counter()
+            if sent != samples[-1][1]:
+                progressed = now
+            samples.append((now, sent))
             daemon.sample_rss()
             ready, _ = await depth(admin, settings.queue)
             if sent >= n and ready == 0:
+                break
+            if now - progressed > ctx.args.stall:
+                stalled = (
+                    f"stalled: {sent:,} of {n:,} sends answered, {ready:,} ready,"
+                    f" none for {ctx.args.stall:.0f} s"
+                )
                 break
             if deadline.passed:
                 raise deadline.missed(f"{sent:,} of {n:,} sends answered, {ready:,} ready")
@@ -254,7 +279,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     finally:
         await close_quietly(admin)
 
-    problems = []
+    problems = [stalled] if stalled else []
     if sent != n or outcomes.get("sent") != n:
         problems.append(f"{sent:,} sends for {n:,} messages (sandbox outcomes {outcomes})")
     if left:
@@ -265,15 +290,18 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         if ledger.get("sent") != n or sum(ledger.values()) - ledger["attempts"] != n:
             problems.append(f"the ledger holds {ledger} for {n:,} messages, all sent expected")
     logged = daemon.log_stats()
+    if logged.warnings:  # a clean run logs none; the usual one is a lost channel
+        problems.append(f"the daemon logged warnings or errors: {logged.warnings}")
     for problem in problems:
         print(f"  {what}: NOT CLEAN, excluded from the medians: {problem}", flush=True)
-    ended = crossing(samples, n)
+    done = min(n, samples[-1][1])  # n, unless it stalled
+    ended = crossing(samples, done)
     return Run(
         scenario=scenario.key,
         round=round_no,
         messages=n,
         seconds=ended - started,
-        rate=n / (ended - started),
+        rate=done / (ended - started),
         steady_rate=(0.8 * n) / (crossing(samples, 0.9 * n) - crossing(samples, 0.1 * n)),
         prefill_rate=prefill_rate,
         cpu=meter.shares,

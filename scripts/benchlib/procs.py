@@ -80,6 +80,32 @@ def pid_cpu(pid: int | None, *, system_only: bool = False) -> Callable[[], float
     return lambda: cpu_seconds(pid, system_only=system_only)
 
 
+class GroupCpu:
+    """CPU time of every process named ``name`` (``postgres``: the server and each backend).
+
+    Cumulative over the calls: a process that appears between two calls counts whole, one
+    that exits is lost from then on. Includes other clients' backends on a shared server.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.last: dict[int, float] | None = None
+        self.total = 0.0
+
+    def __call__(self) -> float | None:
+        now: dict[int, float] = {}
+        for comm in Path("/proc").glob("[0-9]*/comm"):
+            with contextlib.suppress(OSError, ValueError):
+                if comm.read_bytes().strip() == self.name:
+                    pid = int(comm.parent.name)
+                    if (cpu := cpu_seconds(pid)) is not None:
+                        now[pid] = cpu
+        if self.last is not None:
+            self.total += sum(cpu - self.last.get(pid, 0.0) for pid, cpu in now.items())
+        self.last = now
+        return self.total
+
+
 class CpuMeter:
     """Cores each reader's CPU time used between ``start`` and ``stop`` (1.0: one core)."""
 

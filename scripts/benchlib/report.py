@@ -101,7 +101,10 @@ def summary(
         "latency_over_bound": (f"{ms} ms rate / min(0 ms rate, prefetch/latency)", "7", 0.8, None),
     }
     targets: dict[str, Any] = {}
+    chosen = {s.key for s in scenarios}
     for name, (what, issue, target, pair) in described.items():
+        if not chosen.issuperset(pair or ("latency",)):
+            continue  # a side of the ratio was not measured in this run
         if pair is None:
             rounds = [r.rate / bound for r in clean(results.get("latency", [])) if bound]
         else:
@@ -117,7 +120,7 @@ def summary(
             # With no clean run on a side: the same ratio over every run, for orientation.
             "indicative_all_runs": indicative[name] if value is None else None,
         }
-    if latency is not None:
+    if latency is not None and "latency_over_bound" in targets:
         ceiling = latency.prefetch / (latency.latency_ms / 1000) if latency.latency_ms else None
         on = medians.get("zero-on")
         targets["latency_over_bound"]["bound"] = (
@@ -214,8 +217,6 @@ def table(report: dict[str, Any]) -> str:
         lines += ["", "* not clean, left out of the medians:"]
         for bad in report["not_clean"]:
             lines.append(f"  {bad['scenario']} round {bad['round']}: {'; '.join(bad['problems'])}")
-            if bad["warnings"]:
-                lines.append(f"    daemon warnings: {bad['warnings']}")
     return "\n".join(lines)
 
 
