@@ -52,14 +52,14 @@ LEFT JOIN claimed c ON c.internal_id = i.internal_id
 LEFT JOIN wa_messages m ON m.internal_id = i.internal_id
 """
 
-_ATTEMPTS = """
-INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
-    code, subcode, category, message, ambiguous, consumer)
-SELECT *, $12 FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::real[], $5::text[],
-    $6::int[], $7::text[], $8::int[], $9::text[], $10::text[], $11::bool[])
-"""
-
+# One statement, so atomic without BEGIN/COMMIT: the attempt rows and the new status.
 _FINISH = """
+WITH attempts AS (
+    INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
+        code, subcode, category, message, ambiguous, consumer)
+    SELECT *, $20 FROM unnest($9::text[], $10::int[], $11::timestamptz[], $12::real[],
+        $13::text[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[], $19::bool[])
+)
 UPDATE wa_messages m SET
     status = u.status,
     wamid = COALESCE(u.wamid, m.wamid),
@@ -74,6 +74,10 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[
     $8::timestamptz[]) AS u(internal_id, status, wamid, retries, code, category, message, next_at)
 WHERE m.internal_id = u.internal_id AND (m.status <> 'sent' OR u.status = 'sent')
 """
+
+
+async def _keep_session(connection: asyncpg.Connection[Any]) -> None:
+    """The ledger sets no session state (no LISTEN, SET or temp tables) to clean up."""
 
 
 def consumer_id() -> str:
@@ -125,6 +129,7 @@ class PostgresLedger:
                 timeout=5,
                 command_timeout=statement_timeout_ms / 1000 + 1,
                 server_settings={"statement_timeout": str(statement_timeout_ms)},
+                reset=_keep_session,  # nothing to reset, and the default costs 3% of the CPU
             )
             if apply_migrations:
                 async with pool.acquire() as connection:
@@ -221,37 +226,32 @@ class PostgresLedger:
     ) -> list[None]:
         attempts = [(m.internal_id, a) for m, _, atts in items for a in atts]
         now = datetime.now(UTC)
-        async with self._pool.acquire() as connection, connection.transaction():
-            if attempts:
-                await connection.execute(
-                    _ATTEMPTS,
-                    [i for i, _ in attempts],
-                    [a.number for _, a in attempts],
-                    [a.started_at for _, a in attempts],
-                    [a.latency_ms for _, a in attempts],
-                    [a.outcome for _, a in attempts],
-                    [a.http_status for _, a in attempts],
-                    [a.code for _, a in attempts],
-                    [a.subcode for _, a in attempts],
-                    [a.category for _, a in attempts],
-                    [a.message for _, a in attempts],
-                    [a.ambiguous for _, a in attempts],
-                    self.consumer,
-                )
-            await connection.execute(
-                _FINISH,
-                [m.internal_id for m, _, _ in items],
-                [r.status for _, r, _ in items],
-                [r.wamid for _, r, _ in items],
-                [r.retries for _, r, _ in items],
-                [r.code for _, r, _ in items],
-                [r.category for _, r, _ in items],
-                [r.message for _, r, _ in items],
-                [
-                    now + timedelta(seconds=r.next_in) if r.next_in is not None else None
-                    for _, r, _ in items
-                ],
-            )
+        await self._pool.execute(
+            _FINISH,
+            [m.internal_id for m, _, _ in items],
+            [r.status for _, r, _ in items],
+            [r.wamid for _, r, _ in items],
+            [r.retries for _, r, _ in items],
+            [r.code for _, r, _ in items],
+            [r.category for _, r, _ in items],
+            [r.message for _, r, _ in items],
+            [
+                now + timedelta(seconds=r.next_in) if r.next_in is not None else None
+                for _, r, _ in items
+            ],
+            [i for i, _ in attempts],
+            [a.number for _, a in attempts],
+            [a.started_at for _, a in attempts],
+            [a.latency_ms for _, a in attempts],
+            [a.outcome for _, a in attempts],
+            [a.http_status for _, a in attempts],
+            [a.code for _, a in attempts],
+            [a.subcode for _, a in attempts],
+            [a.category for _, a in attempts],
+            [a.message for _, a in attempts],
+            [a.ambiguous for _, a in attempts],
+            self.consumer,
+        )
         self._healthy = True
         return [None] * len(items)
 
