@@ -6,11 +6,13 @@ in an exception, repr or header): any ``Bearer <x>`` and any key that names a to
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -36,6 +38,51 @@ def _orjson_dumps(obj: Any, **_: Any) -> bytes:
     return orjson.dumps(obj, default=str)
 
 
+class _LineBatch:
+    """JSON lines written once per event-loop turn, not once each.
+
+    A write and flush per line is a system call per message on the hot path; lines produced
+    in the same loop turn go out together at its end (at once when no loop runs).
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._pending = bytearray()
+        self._scheduled = False
+
+    def write(self, line: bytes) -> None:
+        self._pending += line
+        self._pending += b"\n"
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._pending:
+            self._stream.write(self._pending)
+            self._stream.flush()
+            self._pending.clear()
+
+
+class _BatchedLogger:
+    """A structlog logger writing rendered JSON lines into a ``_LineBatch``."""
+
+    def __init__(self, lines: _LineBatch) -> None:
+        self._lines = lines
+
+    def msg(self, message: bytes) -> None:
+        self._lines.write(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Configure structlog and route stdlib logging (aio-pika, aiohttp) through it."""
     shared: list[Any] = [
@@ -46,7 +93,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        lines = _LineBatch(sys.stdout.buffer)
+        atexit.register(lines.flush)
+        factory: Any = lambda *_: _BatchedLogger(lines)  # noqa: E731
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         factory = structlog.PrintLoggerFactory(sys.stdout)
