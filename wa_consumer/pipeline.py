@@ -250,7 +250,7 @@ class Pipeline:
 def _tenant_from_key(routing_key: str | None) -> str | None:
     """``outbound.processed.<tenantId>`` -> the tenant, for a body that could not be read."""
     parts = (routing_key or "").split(".", 2)
-    return parts[2] or None if len(parts) == 3 else None
+    return (parts[2] or None) if len(parts) == 3 else None
 
 
 def _deliveries(delivery: AbstractIncomingMessage) -> int:

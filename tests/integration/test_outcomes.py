@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 
@@ -234,3 +235,17 @@ async def test_unreadable_body_is_dead_with_the_ids_of_its_envelope(vhost, sandb
         [dead] = await broker.dead(1)
     assert dead.headers["x-tenant-id"] == "globex"
     assert dead.message_id == "id-42"
+
+
+async def test_unreadable_body_straight_into_the_queue_is_dead_invalid(vhost, sandbox) -> None:
+    """Published through the default exchange: a routing key with no tenant in it."""
+    settings = make_settings(vhost, sandbox.url)
+    async with running(settings), broker_for(settings) as broker:
+        channel = await broker.connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{not json"), routing_key=settings.queue, mandatory=True
+        )
+        await channel.close()
+        [dead] = await broker.dead(1)
+    assert dead.headers["x-error-category"] == "invalid"
+    assert "x-tenant-id" not in dead.headers
