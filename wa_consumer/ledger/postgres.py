@@ -28,29 +28,24 @@ from .migrate import migrate
 log = get_logger("ledger")
 
 _CLAIM = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS t(internal_id, tenant_id, phone_number_id, recipient, type, metadata)
-), claimed AS (
-    INSERT INTO wa_messages AS m (internal_id, tenant_id, phone_number_id, recipient, type,
-        metadata, status, claimed_by, claim_expires_at, deliveries)
-    SELECT internal_id, tenant_id, phone_number_id, recipient, type, metadata::jsonb,
-        'claimed', $7, now() + make_interval(secs => $8), 1
-    FROM input
-    ON CONFLICT (internal_id) DO UPDATE SET
-        status = 'claimed', claimed_by = EXCLUDED.claimed_by,
-        claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
-        updated_at = now()
-    WHERE m.status <> 'sent'
-      AND NOT (m.status = 'claimed' AND m.claim_expires_at > now()
-               AND m.claimed_by <> EXCLUDED.claimed_by)
-    RETURNING m.internal_id, m.deliveries
-)
-SELECT i.internal_id, c.deliveries, m.status AS before
-FROM input i
-LEFT JOIN claimed c ON c.internal_id = i.internal_id
-LEFT JOIN wa_messages m ON m.internal_id = i.internal_id
+INSERT INTO wa_messages AS m (internal_id, tenant_id, phone_number_id, recipient, type,
+    metadata, status, claimed_by, claim_expires_at, deliveries)
+SELECT internal_id, tenant_id, phone_number_id, recipient, type, metadata::jsonb,
+    'claimed', $7, now() + make_interval(secs => $8), 1
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+    AS t(internal_id, tenant_id, phone_number_id, recipient, type, metadata)
+ON CONFLICT (internal_id) DO UPDATE SET
+    status = 'claimed', claimed_by = EXCLUDED.claimed_by,
+    claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
+    updated_at = now()
+WHERE m.status <> 'sent'
+  AND NOT (m.status = 'claimed' AND m.claim_expires_at > now()
+           AND m.claimed_by <> EXCLUDED.claimed_by)
+RETURNING m.internal_id, m.deliveries
 """
+
+# Only for the ids a claim did not get (rare): sent already, or held by another consumer.
+_STATUS = "SELECT internal_id, status FROM wa_messages WHERE internal_id = ANY($1::text[])"
 
 # One statement, so atomic without BEGIN/COMMIT: the attempt rows and the new status.
 _FINISH = """
@@ -202,17 +197,19 @@ class PostgresLedger:
             self.consumer,
             self._lease,
         )
-        verdict: dict[str, Claim] = {}
-        for row in rows:
-            deliveries = row["deliveries"]
-            if deliveries is not None:
-                verdict[row["internal_id"]] = (
-                    Claim.CRASH_LOOP if deliveries > self._max_deliveries else Claim.CLAIMED
-                )
-            elif row["before"] == "sent":
-                verdict[row["internal_id"]] = Claim.ALREADY_SENT
-            else:
-                verdict[row["internal_id"]] = Claim.BUSY
+        verdict: dict[str, Claim] = {
+            row["internal_id"]: (
+                Claim.CRASH_LOOP if row["deliveries"] > self._max_deliveries else Claim.CLAIMED
+            )
+            for row in rows
+        }
+        if len(verdict) < len(unique):
+            missed = [m.internal_id for m in unique if m.internal_id not in verdict]
+            for row in await self._pool.fetch(_STATUS, missed):
+                sent = row["status"] == "sent"
+                verdict[row["internal_id"]] = Claim.ALREADY_SENT if sent else Claim.BUSY
+            for internal_id in missed:
+                verdict.setdefault(internal_id, Claim.BUSY)
         self._healthy = True
         out, seen = [], set()
         for m in items:
