@@ -9,7 +9,6 @@ requeue), a death whose copy was not confirmed is dead-lettered by the broker it
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -116,30 +115,40 @@ class Settler:
                 if isinstance(outcome, Recount):
                     headers[H_DELIVERIES] = outcome.deliveries
                 copy = self._message(delivery, headers)
-                if await self._publish(self._channel.default_exchange, self._main_queue, copy):
-                    self.acks.ack(delivery)
-                    return Settled.HANDED_BACK
-                self.acks.nack(delivery, requeue=True)
-                return Settled.REQUEUED
+                return await self._move(
+                    delivery, copy, self._channel.default_exchange, self._main_queue,
+                    Settled.HANDED_BACK,
+                )  # fmt: skip
             if isinstance(outcome, Retry):
                 copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
-                if await self._publish(self._channel.default_exchange, outcome.queue, copy):
-                    self.acks.ack(delivery)
-                    return Settled.RETRIED
-                self.acks.nack(delivery, requeue=True)
-                return Settled.REQUEUED
+                return await self._move(
+                    delivery, copy, self._channel.default_exchange, outcome.queue, Settled.RETRIED
+                )
             if isinstance(outcome, Dead):
                 copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
-                if await self._publish(self._dlx, self._dead_key, copy):
-                    self.acks.ack(delivery)
-                    return Settled.DEAD
-                self.acks.nack(delivery, requeue=False)
-                return Settled.DEAD_BY_BROKER
+                return await self._move(delivery, copy, self._dlx, self._dead_key, Settled.DEAD)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             # The consuming channel is gone: nothing was acked, the broker redelivers.
             log.warning("settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
             return Settled.LOST_CHANNEL
         raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
+
+    async def _move(
+        self,
+        delivery: AbstractIncomingMessage,
+        copy: aio_pika.Message,
+        exchange: AbstractExchange,
+        key: str,
+        moved: Settled,
+    ) -> Settled:
+        """Ack once the copy is confirmed; else leave the message to the broker: a death is
+        dead-lettered by the queue's own arguments, anything else goes back to its queue."""
+        if await self._publish(exchange, key, copy):
+            self.acks.ack(delivery)
+            return moved
+        dead = moved is Settled.DEAD
+        self.acks.nack(delivery, requeue=not dead)
+        return Settled.DEAD_BY_BROKER if dead else Settled.REQUEUED
 
     async def _publish(
         self, exchange: AbstractExchange, key: str, message: aio_pika.Message
@@ -196,10 +205,3 @@ class Settler:
             type=delivery.type,
             app_id=delivery.app_id,
         )
-
-
-async def settle_shielded(
-    settler: Settler, delivery: AbstractIncomingMessage, outcome: Outcome, tenant_id: str | None
-) -> Settled:
-    """Settle even while the caller is being cancelled (shutdown must not strand a message)."""
-    return await asyncio.shield(settler.settle(delivery, outcome, tenant_id=tenant_id))

@@ -249,3 +249,25 @@ async def test_unreadable_body_straight_into_the_queue_is_dead_invalid(vhost, sa
         [dead] = await broker.dead(1)
     assert dead.headers["x-error-category"] == "invalid"
     assert "x-tenant-id" not in dead.headers
+
+
+async def test_retry_that_cannot_be_republished_stays_with_the_broker(vhost, sandbox) -> None:
+    """The wait queue is gone: the copy is unroutable, so the original is never acked; it
+    comes back, and after the delivery bound it is dead, body unchanged, not lost."""
+    settings = make_settings(vhost, sandbox.url, max_deliveries=3)
+    message = text_message("acme", "15550090002")  # always fails, transient
+    async with running(settings), broker_for(settings) as broker:
+        channel = await broker.connection.channel()
+        for queue in Topology.from_settings(settings).retry_queues.values():
+            await channel.queue_delete(queue)
+        await channel.close()
+        await broker.publish(message)
+        [dead] = await broker.dead(1)
+    assert dead.body == orjson.dumps(message)
+    assert dead.headers["x-error-category"] == "crash_loop"
+    assert await _count(settings, settings.queue) == 0
+
+
+async def _count(settings: Any, queue: str) -> int:
+    async with broker_for(settings) as broker:
+        return await broker.count(queue)
