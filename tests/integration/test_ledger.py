@@ -184,3 +184,34 @@ async def test_status_json_shows_sent_with_the_wamid_and_every_attempt(
 
 async def _status_is(database: str, internal_id: str, status: str) -> bool:
     return await status_of(database, internal_id) == status
+
+
+async def test_the_hot_statements_look_rows_up_by_key_even_when_planned_on_an_empty_table(
+    database: str,
+) -> None:
+    """A new install plans its statements once, on an empty table: those plans must still be
+    index lookups when the table holds millions of rows (a scan per batch would grow with it).
+    """
+    from wa_consumer.ledger.postgres import _CLAIM, _FINISH, PostgresLedger
+
+    claim_types = ["text[]"] * 6 + ["text", "float8"]
+    finish_types = (
+        ["text[]", "text[]", "text[]", "int[]", "text[]", "text[]", "text[]", "timestamptz[]"]
+        + ["text[]", "int[]", "timestamptz[]", "real[]", "text[]", "int[]", "text[]", "int[]"]
+        + ["text[]", "text[]", "bool[]", "text"]
+    )
+    ledger = await PostgresLedger.connect(database)
+    try:
+        async with ledger._pool.acquire() as connection:
+            plans = []
+            for name, sql, types in (("c", _CLAIM, claim_types), ("f", _FINISH, finish_types)):
+                await connection.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
+                nulls = ", ".join(["NULL"] * len(types))
+                rows = await connection.fetch(f"EXPLAIN EXECUTE {name} ({nulls})")
+                plans.append("\n".join(row[0] for row in rows))
+    finally:
+        await ledger.close()
+    claim_plan, finish_plan = plans
+    assert "Conflict Arbiter Indexes: wa_messages_pkey" in claim_plan
+    assert "Index Scan using wa_messages_pkey on wa_messages" in finish_plan, finish_plan
+    assert "Seq Scan on wa_messages" not in finish_plan, finish_plan

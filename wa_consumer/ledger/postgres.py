@@ -71,6 +71,19 @@ WHERE m.internal_id = u.internal_id AND (m.status <> 'sent' OR u.status = 'sent'
 """
 
 
+# How the pool's sessions plan. The batched statements take arrays whose length changes every
+# call, and a custom plan made for each cost a third of PostgreSQL's CPU per message: they are
+# planned once. Every one of them finds its rows by primary key, and a plan made once, while
+# the table is still small (a new install), must not stay a scan as the table grows: only
+# index lookups. The CLI's queries run on connections of their own, planned as usual.
+_PLANS = {
+    "plan_cache_mode": "force_generic_plan",
+    "enable_seqscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+}
+
+
 async def _keep_session(connection: asyncpg.Connection[Any]) -> None:
     """The ledger sets no session state (no LISTEN, SET or temp tables) to clean up."""
 
@@ -123,12 +136,7 @@ class PostgresLedger:
                 max_size=pool_size,
                 timeout=5,
                 command_timeout=statement_timeout_ms / 1000 + 1,
-                server_settings={
-                    "statement_timeout": str(statement_timeout_ms),
-                    # The batched statements take arrays whose length changes every call: a
-                    # custom plan was made for each, at a third of PostgreSQL's CPU per message.
-                    "plan_cache_mode": "force_generic_plan",
-                },
+                server_settings={"statement_timeout": str(statement_timeout_ms), **_PLANS},
                 reset=_keep_session,  # nothing to reset, and the default costs 3% of the CPU
             )
             if apply_migrations:
