@@ -194,19 +194,18 @@ async def test_the_hot_statements_look_rows_up_by_key_even_when_planned_on_an_em
     """
     from wa_consumer.ledger.postgres import _CLAIM, _FINISH, PostgresLedger
 
-    claim_types = ["text[]"] * 6 + ["text", "float8"]
+    claim_types = "text[],text[],text[],text[],text[],text[],text,float8"
     finish_types = (
-        ["text[]", "text[]", "text[]", "int[]", "text[]", "text[]", "text[]", "timestamptz[]"]
-        + ["text[]", "int[]", "timestamptz[]", "real[]", "text[]", "int[]", "text[]", "int[]"]
-        + ["text[]", "text[]", "bool[]", "text"]
+        "text[],text[],text[],int[],text[],text[],text[],timestamptz[],"
+        "text[],int[],timestamptz[],real[],text[],int[],text[],int[],text[],text[],bool[],text"
     )
     ledger = await PostgresLedger.connect(database)
     try:
         async with ledger._pool.acquire() as connection:
             plans = []
             for name, sql, types in (("c", _CLAIM, claim_types), ("f", _FINISH, finish_types)):
-                await connection.execute(f"PREPARE {name} ({', '.join(types)}) AS {sql}")
-                nulls = ", ".join(["NULL"] * len(types))
+                await connection.execute(f"PREPARE {name} ({types}) AS {sql}")
+                nulls = ", ".join(["NULL"] * len(types.split(",")))
                 rows = await connection.fetch(f"EXPLAIN EXECUTE {name} ({nulls})")
                 plans.append("\n".join(row[0] for row in rows))
     finally:
