@@ -192,25 +192,22 @@ async def test_the_hot_statements_look_rows_up_by_key_even_when_planned_on_an_em
     """A new install plans its statements once, on an empty table: those plans must still be
     index lookups when the table holds millions of rows (a scan per batch would grow with it).
     """
-    from wa_consumer.ledger.postgres import _CLAIM, _FINISH, PostgresLedger
+    from wa_consumer.ledger.postgres import _WRITE, PostgresLedger
 
-    claim_types = "text[],text[],text[],text[],text[],text[],text,float8"
-    finish_types = (
+    types = (
         "text[],text[],text[],int[],text[],text[],text[],timestamptz[],"
-        "text[],int[],timestamptz[],real[],text[],int[],text[],int[],text[],text[],bool[],text"
+        "text[],int[],timestamptz[],real[],text[],int[],text[],int[],text[],text[],bool[],text,"
+        "text[],text[],text[],text[],text[],text[],float8"
     )
     ledger = await PostgresLedger.connect(database)
     try:
         async with ledger._pool.acquire() as connection:
-            plans = []
-            for name, sql, types in (("c", _CLAIM, claim_types), ("f", _FINISH, finish_types)):
-                await connection.execute(f"PREPARE {name} ({types}) AS {sql}")
-                nulls = ", ".join(["NULL"] * len(types.split(",")))
-                rows = await connection.fetch(f"EXPLAIN EXECUTE {name} ({nulls})")
-                plans.append("\n".join(row[0] for row in rows))
+            await connection.execute(f"PREPARE w ({types}) AS {_WRITE}")
+            nulls = ", ".join(["NULL"] * len(types.split(",")))
+            rows = await connection.fetch(f"EXPLAIN EXECUTE w ({nulls})")
     finally:
         await ledger.close()
-    claim_plan, finish_plan = plans
-    assert "Conflict Arbiter Indexes: wa_messages_pkey" in claim_plan
-    assert "Index Scan using wa_messages_pkey on wa_messages" in finish_plan, finish_plan
-    assert "Seq Scan on wa_messages" not in finish_plan, finish_plan
+    plan = "\n".join(row[0] for row in rows)
+    assert "Conflict Arbiter Indexes: wa_messages_pkey" in plan, plan
+    assert "Index Scan using wa_messages_pkey on wa_messages" in plan, plan
+    assert "Seq Scan on wa_messages" not in plan, plan

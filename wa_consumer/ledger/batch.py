@@ -17,9 +17,9 @@ R = TypeVar("R")  # result
 class Batcher(Generic[I, R]):
     """Calls ``write(items)`` with everything submitted since the last call.
 
-    ``write`` returns one result per item. When it raises, ``keep_on_error`` decides: False
-    fails every waiter with the error; True keeps the items and writes them again later
-    (results that must not be lost, such as a send that Meta accepted).
+    ``write`` returns one result per item. When it raises, the items ``keep`` is true of are
+    kept and written again later (results that must not be lost, such as a send that Meta
+    accepted); the waiters of the others get the error.
     """
 
     def __init__(
@@ -28,14 +28,14 @@ class Batcher(Generic[I, R]):
         *,
         max_batch: int = 500,
         concurrency: int = 2,
-        keep_on_error: bool = False,
+        keep: Callable[[I], bool] | None = None,
         retry_interval: float = 1.0,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._write = write
         self._max = max_batch
         self._slots = concurrency
-        self._keep = keep_on_error
+        self._keep = keep
         self._retry_interval = retry_interval
         self._on_error = on_error
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
@@ -66,13 +66,16 @@ class Batcher(Generic[I, R]):
         except Exception as exc:  # noqa: BLE001 - any database error fails or keeps the batch
             if self._on_error is not None:
                 self._on_error(exc)
-            if self._keep:
-                self._pending[:0] = [(i, f) for i, f in batch if not f.cancelled()]
+            kept = []
+            for item, future in batch:
+                if self._keep is not None and self._keep(item):
+                    if not future.cancelled():
+                        kept.append((item, future))
+                elif not future.done():
+                    future.set_exception(exc)
+            if kept:
+                self._pending[:0] = kept
                 retry = True
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
         else:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():

@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,12 +28,37 @@ from .migrate import migrate
 
 log = get_logger("ledger")
 
-_CLAIM = """
+# The one statement the daemon writes, for every message in flight at once: the results of the
+# messages that finished (their attempt rows and new status) and the claims of those about to
+# be sent. One statement, so atomic without BEGIN/COMMIT and one commit for both. A message is
+# never in both parts: this process holds the claim of a message until its finish is written.
+_WRITE = """
+WITH attempts AS (
+    INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
+        code, subcode, category, message, ambiguous, consumer)
+    SELECT *, $20 FROM unnest($9::text[], $10::int[], $11::timestamptz[], $12::real[],
+        $13::text[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[], $19::bool[])
+), finished AS (
+    UPDATE wa_messages m SET
+        status = u.status,
+        wamid = COALESCE(u.wamid, m.wamid),
+        retries = u.retries,
+        last_error_code = COALESCE(u.code, m.last_error_code),
+        last_error_category = COALESCE(u.category, m.last_error_category),
+        last_error_message = COALESCE(u.message, m.last_error_message),
+        next_attempt_at = u.next_at,
+        sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
+        deliveries = 0, claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+        $7::text[], $8::timestamptz[])
+        AS u(internal_id, status, wamid, retries, code, category, message, next_at)
+    WHERE m.internal_id = u.internal_id AND (m.status <> 'sent' OR u.status = 'sent')
+)
 INSERT INTO wa_messages AS m (internal_id, tenant_id, phone_number_id, recipient, type,
     metadata, status, claimed_by, claim_expires_at, deliveries)
 SELECT internal_id, tenant_id, phone_number_id, recipient, type, metadata::jsonb,
-    'claimed', $7, now() + make_interval(secs => $8), 1
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+    'claimed', $20, now() + make_interval(secs => $27), 1
+FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[])
     AS t(internal_id, tenant_id, phone_number_id, recipient, type, metadata)
 ON CONFLICT (internal_id) DO UPDATE SET
     status = 'claimed', claimed_by = EXCLUDED.claimed_by,
@@ -47,28 +73,14 @@ RETURNING m.internal_id, m.deliveries
 # Only for the ids a claim did not get (rare): sent already, or held by another consumer.
 _STATUS = "SELECT internal_id, status FROM wa_messages WHERE internal_id = ANY($1::text[])"
 
-# One statement, so atomic without BEGIN/COMMIT: the attempt rows and the new status.
-_FINISH = """
-WITH attempts AS (
-    INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
-        code, subcode, category, message, ambiguous, consumer)
-    SELECT *, $20 FROM unnest($9::text[], $10::int[], $11::timestamptz[], $12::real[],
-        $13::text[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[], $19::bool[])
-)
-UPDATE wa_messages m SET
-    status = u.status,
-    wamid = COALESCE(u.wamid, m.wamid),
-    retries = u.retries,
-    last_error_code = COALESCE(u.code, m.last_error_code),
-    last_error_category = COALESCE(u.category, m.last_error_category),
-    last_error_message = COALESCE(u.message, m.last_error_message),
-    next_attempt_at = u.next_at,
-    sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
-    deliveries = 0, claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],
-    $8::timestamptz[]) AS u(internal_id, status, wamid, retries, code, category, message, next_at)
-WHERE m.internal_id = u.internal_id AND (m.status <> 'sent' OR u.status = 'sent')
-"""
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    """A message's result, waiting to be written with the next batch."""
+
+    message: Outbound
+    record: Record
+    attempts: Sequence[Attempt]
 
 
 # How the pool's sessions plan. The batched statements take arrays whose length changes every
@@ -86,6 +98,10 @@ _PLANS = {
 
 async def _keep_session(connection: asyncpg.Connection[Any]) -> None:
     """The ledger sets no session state (no LISTEN, SET or temp tables) to clean up."""
+
+
+def _is_finish(item: Outbound | _Finish) -> bool:
+    return isinstance(item, _Finish)
 
 
 def consumer_id() -> str:
@@ -114,9 +130,10 @@ class PostgresLedger:
         # not here (its answer was lost in an outage) may be taken again at once, no lease wait.
         self._active: set[str] = set()
         self._healthy = True
-        self._claims: Batcher[Outbound, Claim] = Batcher(self._write_claims, on_error=self._down)
-        self._finishes: Batcher[tuple[Outbound, Record, Sequence[Attempt]], None] = Batcher(
-            self._write_finishes, keep_on_error=True, on_error=self._down
+        # Claims fail fast in an outage (the message goes back to the queue); a finish is kept
+        # and written when the database is back.
+        self._writes: Batcher[Outbound | _Finish, Claim | None] = Batcher(
+            self._write, keep=_is_finish, on_error=self._down
         )
 
     @classmethod
@@ -175,18 +192,19 @@ class PostgresLedger:
             return Claim.BUSY  # a copy of a message this process is handling right now
         self._active.add(key)
         try:
-            claim = await self._claims.submit(message)
+            claim = await self._writes.submit(message)
         except Exception as exc:
             self._active.discard(key)
             if isinstance(exc, LedgerUnavailable):
                 raise
             raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
+        assert claim is not None  # a claim's result is always a Claim
         if claim is not Claim.CLAIMED and claim is not Claim.CRASH_LOOP:
             self._active.discard(key)
         return claim
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
-        future = self._finishes.submit((message, record, attempts))
+        future = self._writes.submit(_Finish(message, record, attempts))
         # Held until the outcome is written: until then the row still shows our claim.
         future.add_done_callback(lambda _: self._active.discard(message.internal_id))
         try:
@@ -196,58 +214,25 @@ class PostgresLedger:
             # now so the broker is not held up by the ledger.
             log.warning("ledger_finish_deferred", internal_id=message.internal_id)
 
-    async def _write_claims(self, items: Sequence[Outbound]) -> list[Claim]:
+    async def _write(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
+        finishes = [i for i in items if isinstance(i, _Finish)]
+        claims = [i for i in items if not isinstance(i, _Finish)]
         # One claim per internalId per statement: ON CONFLICT cannot touch a row twice.
-        unique = list({m.internal_id: m for m in reversed(items)}.values())
-        rows = await self._pool.fetch(
-            _CLAIM,
-            [m.internal_id for m in unique],
-            [m.tenant_id for m in unique],
-            [m.phone_number_id for m in unique],
-            [m.to for m in unique],
-            [m.type for m in unique],
-            [orjson.dumps(dict(m.extra)).decode() if m.extra else None for m in unique],
-            self.consumer,
-            self._lease,
-        )
-        verdict: dict[str, Claim] = {
-            row["internal_id"]: (
-                Claim.CRASH_LOOP if row["deliveries"] > self._max_deliveries else Claim.CLAIMED
-            )
-            for row in rows
-        }
-        if len(verdict) < len(unique):
-            missed = [m.internal_id for m in unique if m.internal_id not in verdict]
-            for row in await self._pool.fetch(_STATUS, missed):
-                sent = row["status"] == "sent"
-                verdict[row["internal_id"]] = Claim.ALREADY_SENT if sent else Claim.BUSY
-            for internal_id in missed:
-                verdict.setdefault(internal_id, Claim.BUSY)
-        self._healthy = True
-        out, seen = [], set()
-        for m in items:
-            # A second copy in the same batch waits for the first.
-            out.append(Claim.BUSY if m.internal_id in seen else verdict[m.internal_id])
-            seen.add(m.internal_id)
-        return out
-
-    async def _write_finishes(
-        self, items: Sequence[tuple[Outbound, Record, Sequence[Attempt]]]
-    ) -> list[None]:
-        attempts = [(m.internal_id, a) for m, _, atts in items for a in atts]
+        unique = list({m.internal_id: m for m in reversed(claims)}.values())
+        attempts = [(f.message.internal_id, a) for f in finishes for a in f.attempts]
         now = datetime.now(UTC)
-        await self._pool.execute(
-            _FINISH,
-            [m.internal_id for m, _, _ in items],
-            [r.status for _, r, _ in items],
-            [r.wamid for _, r, _ in items],
-            [r.retries for _, r, _ in items],
-            [r.code for _, r, _ in items],
-            [r.category for _, r, _ in items],
-            [r.message for _, r, _ in items],
+        rows = await self._pool.fetch(
+            _WRITE,
+            [f.message.internal_id for f in finishes],
+            [f.record.status for f in finishes],
+            [f.record.wamid for f in finishes],
+            [f.record.retries for f in finishes],
+            [f.record.code for f in finishes],
+            [f.record.category for f in finishes],
+            [f.record.message for f in finishes],
             [
-                now + timedelta(seconds=r.next_in) if r.next_in is not None else None
-                for _, r, _ in items
+                now + timedelta(seconds=f.record.next_in) if f.record.next_in is not None else None
+                for f in finishes
             ],
             [i for i, _ in attempts],
             [a.number for _, a in attempts],
@@ -261,11 +246,45 @@ class PostgresLedger:
             [a.message for _, a in attempts],
             [a.ambiguous for _, a in attempts],
             self.consumer,
+            [m.internal_id for m in unique],
+            [m.tenant_id for m in unique],
+            [m.phone_number_id for m in unique],
+            [m.to for m in unique],
+            [m.type for m in unique],
+            [orjson.dumps(dict(m.extra)).decode() if m.extra else None for m in unique],
+            self._lease,
         )
         self._healthy = True
-        return [None] * len(items)
+        verdict = await self._verdicts(unique, rows) if unique else {}
+        out: list[Claim | None] = []
+        seen: set[str] = set()
+        for item in items:
+            if isinstance(item, _Finish):
+                out.append(None)
+                continue
+            # A second copy in the same batch waits for the first.
+            out.append(Claim.BUSY if item.internal_id in seen else verdict[item.internal_id])
+            seen.add(item.internal_id)
+        return out
+
+    async def _verdicts(
+        self, claimed: Sequence[Outbound], rows: Sequence[asyncpg.Record]
+    ) -> dict[str, Claim]:
+        verdict: dict[str, Claim] = {
+            row["internal_id"]: (
+                Claim.CRASH_LOOP if row["deliveries"] > self._max_deliveries else Claim.CLAIMED
+            )
+            for row in rows
+        }
+        if len(verdict) < len(claimed):
+            missed = [m.internal_id for m in claimed if m.internal_id not in verdict]
+            for row in await self._pool.fetch(_STATUS, missed):
+                sent = row["status"] == "sent"
+                verdict[row["internal_id"]] = Claim.ALREADY_SENT if sent else Claim.BUSY
+            for internal_id in missed:
+                verdict.setdefault(internal_id, Claim.BUSY)
+        return verdict
 
     async def close(self) -> None:
-        await self._finishes.close()
-        await self._claims.close()
+        await self._writes.close()
         await self._pool.close()
