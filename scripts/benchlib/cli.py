@@ -92,7 +92,7 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
 async def bench(ctx: Context, scenarios: Sequence[Scenario], results: dict[str, list[Run]]) -> None:
     """Every round measures every scenario in order; the sandbox serves all the daemons."""
     try:
-        if any(s.daemon for s in scenarios):
+        if any(s.daemon or s.http for s in scenarios):
             ctx.sandbox = Sandbox(ctx.workdir, ctx.children)
             await ctx.sandbox.ready(30)
         for round_no in range(1, ctx.args.repeat + 1):

@@ -1,6 +1,8 @@
 """One measurement of one scenario over N messages pre-filled into a queue of its own.
 
-Floor: timed from the first message the bare consumer receives to its N-th ack.
+Floor: timed from the first message the bare consumer receives to its N-th ack. The plain
+consumer (aio-pika + aiohttp, no features) is timed the same way; it acks a message once the
+sandbox has accepted it.
 
 Daemon: timed from the daemon's first consumed message (its consumer appears on the queue;
 the broker pushes a prefetch's worth at once) until the sandbox has answered N sends; the
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
+import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from .broker import declare_topology, depth, leftovers, prefill
@@ -94,24 +98,58 @@ async def measure(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     return await run_floor(scenario, round_no, ctx)
 
 
+class PlainSender:
+    """The send of a hand-written consumer: one aiohttp session, a token per tenant, a POST."""
+
+    def __init__(self, sandbox_url: str, version: str, in_flight: int) -> None:
+        self.url = sandbox_url
+        self.version = version
+        connector = aiohttp.TCPConnector(limit=in_flight)
+        self.session = aiohttp.ClientSession(connector=connector)
+        self.tenants: dict[str, tuple[str, str]] = {}  # tenant -> (token, phone number id)
+        self.failed = 0
+
+    async def send(self, body: bytes) -> bool:
+        message = orjson.loads(body)
+        tenant = message["metadata"]["tenantId"]
+        if tenant not in self.tenants:
+            url = f"{self.url}/tenants/{tenant}/whatsapp-credentials"
+            async with self.session.get(url) as response:
+                creds = await response.json()
+            self.tenants[tenant] = (creds["accessToken"], creds["phoneNumberId"])
+        token, number = self.tenants[tenant]
+        async with self.session.post(
+            f"{self.url}/{self.version}/{number}/messages",
+            data=orjson.dumps(message["wabaPayload"]),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        ) as response:
+            await response.read()
+            ok = response.status == 200
+        self.failed += not ok
+        return ok
+
+
 async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     n = ctx.args.messages
     what = f"{scenario.key} round {round_no}"
+    sandbox = ctx.sandbox
+    if scenario.http and sandbox is None:
+        raise BenchError(f"{what}: no sandbox")
     settings = make_settings(
         overrides(scenario, ctx.args, ctx.amqp_url, "http://127.0.0.1:1", None)
     )
+    sender: PlainSender | None = None
+    processes = {"bench": time.process_time, "broker": pid_cpu(broker_pid())}
+    if scenario.http and sandbox is not None:
+        await sandbox.set_latency(scenario.latency_ms)
+        sender = PlainSender(sandbox.url, settings.graph_api_version, scenario.prefetch)
+        processes["sandbox"] = pid_cpu(sandbox.process.pid)
     admin = await bounded(aio_pika.connect(ctx.amqp_url, timeout=10), 15, "connect")
     try:
         await declare_topology(admin, settings)
         prefill_rate, _ = await prefill(admin, settings, n, ctx.seen_ids)
         connection = await bounded(aio_pika.connect_robust(ctx.amqp_url, timeout=10), 15, "connect")
-        meter = CpuMeter(
-            {
-                "bench": time.process_time,
-                "broker": pid_cpu(broker_pid()),
-                "machine": machine_cpu_seconds,
-            }
-        )
+        meter = CpuMeter({**processes, "machine": machine_cpu_seconds})
         marks: dict[int, float] = {}
         mark_at = {n // 10, (9 * n) // 10, n}
         acked = 0
@@ -121,6 +159,10 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
             nonlocal acked
             if not marks:
                 marks[0] = time.perf_counter()
+            if sender is not None and not await sender.send(message.body):
+                await message.nack(requeue=False)  # to the dead-letter queue; the run fails
+                done.set()
+                return
             await message.ack()
             acked += 1
             if acked in mark_at:
@@ -142,6 +184,8 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
                 raise BenchError(
                     f"{what}: {acked:,} of {n:,} acked after {ctx.args.deadline:.0f} s"
                 ) from None
+            if sender is not None and sender.failed:
+                raise BenchError(f"{what}: the sandbox refused {sender.failed:,} sends")
             meter.stop()
             await bounded(queue.cancel(tag), 10, f"{what}: cancel consumer")
         finally:
@@ -151,6 +195,8 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
             raise BenchError(f"{what}: messages left in queues: {left}")
     finally:
         await close_quietly(admin)
+        if sender is not None:
+            await sender.session.close()
 
     seconds = marks[n] - marks[0]
     return Run(

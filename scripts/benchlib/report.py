@@ -7,7 +7,9 @@ Targets:
 - issue 5: ledger on at least 0.80 of ledger off, both at 0 ms;
 - issue 7: at 100 ms, at least 0.80 of min(the 0 ms ledger-on rate, prefetch / latency);
 - issue 7: the daemon's resident memory under 200 MB in every scenario (the higher of the
-  sampled ``VmRSS`` and the kernel's ``VmHWM``).
+  sampled ``VmRSS`` and the kernel's ``VmHWM``);
+- the daemon at 100 ms, every feature on, at least as fast as the plain consumer a user would
+  write instead (aio-pika + aiohttp, no features), same latency and prefetch.
 
 Ratios are taken between medians; ``per_round`` in the JSON has the same ratio within each
 round, where both sides were measured (the rounds alternate the scenarios, so a round's
@@ -60,6 +62,7 @@ def _ratios(medians: dict[str, float | None], latency: Scenario | None) -> dict[
         "zero_on_over_floor_all_features": _ratio(m("zero-on"), m("floor")),
         "ledger_on_over_off": _ratio(m("zero-on"), m("zero-off")),
         "latency_over_bound": _ratio(m("latency"), _bound(medians, latency)),
+        "latency_over_plain": _ratio(m("latency"), m("plain")),
     }
 
 
@@ -99,6 +102,12 @@ def summary(
         ),
         "ledger_on_over_off": ("ledger-on / ledger-off at 0 ms", "5", 0.8, ("zero-on", "zero-off")),
         "latency_over_bound": (f"{ms} ms rate / min(0 ms rate, prefetch/latency)", "7", 0.8, None),
+        "latency_over_plain": (
+            f"{ms} ms daemon / aio-pika + aiohttp consumer",
+            "-",
+            1.0,
+            ("latency", "plain"),
+        ),
     }
     targets: dict[str, Any] = {}
     chosen = {s.key for s in scenarios}

@@ -7,6 +7,10 @@ zero-off
     The daemon against the sandbox at 0 ms, no ledger (no ``WA_DATABASE_URL``).
 zero-on
     The same with the ledger in the run's scratch database.
+plain
+    What a user would write instead of the daemon, with no features: an aio-pika consumer in
+    the bench process that POSTs each ``wabaPayload`` to the sandbox with aiohttp (one session,
+    tokens fetched once per tenant) and acks it; same latency and prefetch as ``latency``.
 latency
     The sandbox answering after 100 ms (``--latency-ms``), ledger on, ``WA_PREFETCH=500``
     (``--latency-prefetch``).
@@ -34,7 +38,7 @@ from wa_consumer.settings import Settings
 
 from .common import free_port
 
-ORDER = ("floor", "zero-off", "zero-on", "latency")
+ORDER = ("floor", "zero-off", "zero-on", "plain", "latency")
 DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
 DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
 NUMBER_RATE = "number_rate"  # the per-number limit's field in Settings (WA_NUMBER_RATE)
@@ -48,12 +52,16 @@ class Scenario:
     latency_ms: float = 0.0
     ledger: bool = False
     prefetch: int = DAEMON_PREFETCH
+    http: bool = False  # the bench's own consumer POSTs each message to the sandbox
 
     def describe(self) -> dict[str, Any]:
+        process = "daemon" if self.daemon else "bare aio-pika consumer"
+        if self.http:
+            process = "aio-pika + aiohttp consumer"
         return {
             "label": self.label,
-            "process": "daemon" if self.daemon else "bare aio-pika consumer",
-            "latency_ms": self.latency_ms if self.daemon else None,
+            "process": process,
+            "latency_ms": self.latency_ms if self.daemon or self.http else None,
             "ledger": self.ledger,
             "prefetch": self.prefetch,
         }
@@ -68,6 +76,14 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             "zero-off", "daemon 0 ms, ledger off", True, 0.0, False, args.prefetch
         ),
         "zero-on": Scenario("zero-on", "daemon 0 ms, ledger on", True, 0.0, True, args.prefetch),
+        "plain": Scenario(
+            "plain",
+            f"aio-pika + aiohttp {ms:g} ms, no features",
+            False,
+            ms,
+            prefetch=args.latency_prefetch,
+            http=True,
+        ),
         "latency": Scenario(
             "latency",
             f"daemon {ms:g} ms, ledger on",
