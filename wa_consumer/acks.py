@@ -12,7 +12,7 @@ must still be outstanding, or RabbitMQ closes the channel ("unknown delivery tag
 therefore reach the broker in the order decided here: one writer per channel puts them on
 aiormq's queue one after another (concurrent ``put`` calls on a full queue do not keep
 their order). Every delivery must be registered (``delivered``) before any later one is
-acked: the pipeline does it in the first step of its task, and aio-pika starts those tasks
+acked: the pipeline does it in the first step of its task, and aiormq starts those tasks
 in order.
 """
 
@@ -23,8 +23,8 @@ from collections import deque
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage
 
+from .delivery import Delivery
 from .logs import get_logger
 
 log = get_logger("acks")
@@ -62,7 +62,7 @@ class AckCoalescer:
             out = self._channels[id(channel)] = _Outstanding(channel)
         return out
 
-    def delivered(self, delivery: AbstractIncomingMessage) -> None:
+    def delivered(self, delivery: Delivery) -> None:
         tag = delivery.delivery_tag
         if tag is None:
             return
@@ -70,7 +70,7 @@ class AckCoalescer:
         out.order.append(tag)
         out.state[tag] = _PENDING
 
-    def ack(self, delivery: AbstractIncomingMessage) -> None:
+    def ack(self, delivery: Delivery) -> None:
         """Ack soon (this loop turn); raises if the delivery's channel is already closed."""
         out = self._outstanding(delivery.channel)  # raises ChannelInvalidStateError when closed
         tag = delivery.delivery_tag
@@ -83,7 +83,7 @@ class AckCoalescer:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def nack(self, delivery: AbstractIncomingMessage, *, requeue: bool) -> None:
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         """Nack now, in order with the acks already decided."""
         out = self._outstanding(delivery.channel)
         tag = delivery.delivery_tag or 0

@@ -2,24 +2,34 @@
 
 Start-up and shutdown order are both visible in ``Daemon.run``. The broker connection is
 aio-pika's robust one: after a broker restart or a dropped connection it reconnects and
-restores the channels, QoS and consumer by itself.
+restores the channels and QoS by itself, and the daemon consumes again on the reopened
+channel. It consumes below aio-pika's queue API, on the channel's aiormq channel (see
+``delivery``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
+from typing import Any
 
 import aio_pika
 import aiohttp
 import aiormq
-from aio_pika.abc import AbstractQueue, AbstractRobustConnection, ExchangeType
+from aio_pika.abc import (
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    ExchangeType,
+)
+from aiormq.abc import DeliveredMessage
 from yarl import URL
 
 from .alerts import Alerter
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
+from .delivery import Delivery
 from .errors import WaConsumerError
 from .graph import GraphClient, make_session
 from .health import HealthServer
@@ -90,6 +100,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.consuming = asyncio.Event()
         self._queue: AbstractQueue | None = None
+        self._channel: AbstractRobustChannel | None = None  # the consuming channel
         self._tag: str | None = None
         self._pause_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
@@ -150,6 +161,8 @@ class Daemon:
                 on_ledger_down=self._ledger_down,
             )
             self._queue = await consume_channel.declare_queue(s.queue, passive=True)
+            self._channel = consume_channel
+            consume_channel.reopen_callbacks.add(self._consume_again)
             queue_probe = self._observe(connection, pipeline)
             await self._consume()
             probe = asyncio.create_task(self._sample(queue_probe), name="queue-probe")
@@ -174,18 +187,35 @@ class Daemon:
         return 0
 
     async def _consume(self) -> None:
-        assert self._queue is not None
+        assert self._channel is not None
         assert self.pipeline is not None
-        self._tag = await self._queue.consume(self.pipeline.handle)
+        handle = self.pipeline.handle
+
+        def on_message(message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+            return handle(Delivery(message))  # aiormq runs it as a task, in delivery order
+
+        channel = await self._channel.get_underlay_channel()
+        result = await channel.basic_consume(self.settings.queue, on_message, no_ack=False)
+        self._tag = result.consumer_tag
         self.consuming.set()
         log.info("consuming", queue=self.settings.queue, prefetch=self.settings.prefetch)
 
+    async def _consume_again(self, _: object) -> None:
+        """The channel came back after a reconnect: its consumer did not, so consume again."""
+        if self._tag is None or self._stop.is_set():
+            return  # paused or stopping: whoever resumes consumes
+        try:
+            await self._consume()
+        except Exception as exc:  # noqa: BLE001 - logged; the next reconnect tries again
+            log.error("consume_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
     async def _stop_consuming(self) -> None:
         self.consuming.clear()
-        if self._queue is not None and self._tag is not None:
+        tag, self._tag = self._tag, None
+        if self._channel is not None and tag is not None:
             with suppress(Exception):
-                await asyncio.wait_for(self._queue.cancel(self._tag), 5)
-            self._tag = None
+                channel = await asyncio.wait_for(self._channel.get_underlay_channel(), 5)
+                await asyncio.wait_for(channel.basic_cancel(tag), 5)
 
     def _ledger_down(self) -> None:
         """The ledger cannot be reached: pause consuming until it can (one task, one log)."""

@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from .classify import Category, classify, retry_delay, rule_for, wait_queue_for
 from .credentials import CredentialCache, Credentials, resolve_number
+from .delivery import Delivery
 from .errors import CredentialError, GraphError, InvalidMessage, LedgerUnavailable
 from .graph import GraphClient
 from .logs import get_logger
@@ -75,7 +74,7 @@ class Pipeline:
         self.deciding: set[asyncio.Task[None]] = set()  # not yet recording or settling
         self.counts: Counter[str] = Counter()  # outcomes so far: sent, duplicate, retry, ...
 
-    async def handle(self, delivery: AbstractIncomingMessage) -> None:
+    async def handle(self, delivery: Delivery) -> None:
         """Consumer callback: decide, record, settle; survives anything one message does."""
         self.settler.delivered(delivery)  # first, before any await: acks are coalesced in order
         task = asyncio.current_task()
@@ -107,7 +106,7 @@ class Pipeline:
             self.deciding.discard(task)
             self.in_flight.discard(task)
 
-    async def _decide(self, delivery: AbstractIncomingMessage, ctx: Context) -> Outcome:
+    async def _decide(self, delivery: Delivery, ctx: Context) -> Outcome:
         # Crash-loop bound without a ledger: a redelivery means a delivery ended with no
         # outcome; its count travels in a header of a requeued copy.
         if delivery.redelivered and not self.ledger.counts_deliveries:
@@ -232,7 +231,7 @@ class Pipeline:
             step = wait_queue_for(step, self.policy.retry_delays)
         return Retry(self.policy.retry_queues[step], step, failure, counts=False)
 
-    def _expired(self, message: Outbound, delivery: AbstractIncomingMessage) -> str | None:
+    def _expired(self, message: Outbound, delivery: Delivery) -> str | None:
         now = datetime.now(UTC)
         if message.expires_at is not None and message.expires_at <= now:
             return f"expiresAt {message.expires_at.isoformat()} has passed"
@@ -253,7 +252,7 @@ def _tenant_from_key(routing_key: str | None) -> str | None:
     return (parts[2] or None) if len(parts) == 3 else None
 
 
-def _deliveries(delivery: AbstractIncomingMessage) -> int:
+def _deliveries(delivery: Delivery) -> int:
     headers = delivery.headers
     # Quorum queues count deliveries themselves.
     return max(header_int(headers, H_DELIVERIES), header_int(headers, "x-delivery-count"))

@@ -15,9 +15,10 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from .acks import AckCoalescer
+from .delivery import Delivery
 from .logs import get_logger
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
 
@@ -96,12 +97,12 @@ class Settler:
         self._confirm_timeout = confirm_timeout
         self.acks = AckCoalescer()
 
-    def delivered(self, delivery: AbstractIncomingMessage) -> None:
+    def delivered(self, delivery: Delivery) -> None:
         """Register a delivery, in delivery order, before anything awaits (see ``acks``)."""
         self.acks.delivered(delivery)
 
     async def settle(
-        self, delivery: AbstractIncomingMessage, outcome: Outcome, *, tenant_id: str | None
+        self, delivery: Delivery, outcome: Outcome, *, tenant_id: str | None
     ) -> Settled:
         """Carry out ``outcome``; never raises for a broker failure (the broker keeps the copy)."""
         try:
@@ -135,7 +136,7 @@ class Settler:
 
     async def _move(
         self,
-        delivery: AbstractIncomingMessage,
+        delivery: Delivery,
         copy: aio_pika.Message,
         exchange: AbstractExchange,
         key: str,
@@ -164,7 +165,7 @@ class Settler:
 
     def _copy(
         self,
-        delivery: AbstractIncomingMessage,
+        delivery: Delivery,
         failure: Failure,
         tenant_id: str | None,
         *,
@@ -191,7 +192,7 @@ class Settler:
         return self._message(delivery, headers)
 
     @staticmethod
-    def _message(delivery: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    def _message(delivery: Delivery, headers: dict[str, Any]) -> aio_pika.Message:
         return aio_pika.Message(
             delivery.body,
             headers=headers,
