@@ -63,6 +63,12 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         help=f"the daemon's WA_LOG_LEVEL (default: its own, {DAEMON_LOG_LEVEL})",
     )
     add(
+        "--daemons",
+        type=int,
+        default=1,
+        help="daemons started together on the queue of each daemon scenario (default 1)",
+    )
+    add(
         "--number-rate",
         type=float,
         default=None,
@@ -82,6 +88,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
     unknown = sorted(set(args.scenarios) - set(ORDER))
     if unknown or not args.scenarios:
         parser.error(f"--scenarios: unknown {unknown}; choose from {','.join(ORDER)}")
+    if args.daemons < 1:
+        parser.error("need --daemons >= 1")
     if args.messages < 10 or args.repeat < 1 or args.prefetch < 1 or args.latency_prefetch < 1:
         parser.error("need --messages >= 10, --repeat >= 1 and prefetches >= 1")
     if args.latency_ms < 0 or args.deadline <= 0 or args.stall <= 0 or (args.number_rate or 0) < 0:
@@ -139,6 +147,7 @@ def metadata(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> dict[st
         "scenarios": [s.key for s in scenarios],
         "daemon_log": f"{args.log_level} json -> file",
         "number_rate": 0 if args.number_rate is None else args.number_rate,
+        "daemons": args.daemons,  # started together in each daemon scenario
         "python": platform.python_version(),
         "loop": f"uvloop {importlib.metadata.version('uvloop')}",
         "aio_pika": aio_pika.__version__,

@@ -32,12 +32,12 @@ import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from .broker import declare_topology, depth, leftovers, prefill
-from .common import BenchError, Deadline, bounded, close_quietly, crossing, tail
+from .common import BenchError, Deadline, bounded, close_quietly, crossing, free_port, tail
 from .database import ledger_counts
 from .procs import (
     Children,
     CpuMeter,
-    Daemon,
+    Daemons,
     GroupCpu,
     Sandbox,
     broker_pid,
@@ -257,12 +257,16 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
 
         spawned = time.perf_counter()
         log = ctx.workdir / f"daemon-{scenario.key}-{round_no}.log"
-        daemon = Daemon(daemon_env(values), log, ctx.children)
-        print(f"  ({what}: daemon pid {daemon.pid}, log {log})", flush=True)
+        envs = [daemon_env(values)]
+        for _ in range(1, ctx.args.daemons):  # more daemons: each its own /metrics port
+            envs.append(daemon_env({**values, "metrics_port": free_port()}))
+        daemon = Daemons(envs, log, ctx.children)
+        pids = ", ".join(str(pid) for pid in daemon.pids)
+        print(f"  ({what}: daemon pid {pids}, log {log})", flush=True)
         meter = CpuMeter(
             {
-                "daemon": pid_cpu(daemon.pid),
-                "daemon_system": pid_cpu(daemon.pid, system_only=True),
+                "daemon": daemon.cpu(),
+                "daemon_system": daemon.cpu(system_only=True),
                 "sandbox": pid_cpu(sandbox.process.pid),
                 "broker": pid_cpu(broker_pid()),
                 "postgres": GroupCpu("postgres"),

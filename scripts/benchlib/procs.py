@@ -291,6 +291,57 @@ class Daemon:
         return stats
 
 
+class Daemons:
+    """``count`` daemons on the same queue, each with its own ``/metrics`` port and log, seen
+    as one: alive while all are, the highest memory of any, the sum of their CPU."""
+
+    def __init__(self, envs: list[dict[str, str]], log: Path, children: Children) -> None:
+        self.members = [
+            Daemon(env, log if i == 0 else log.with_suffix(f".{i + 1}.log"), children)
+            for i, env in enumerate(envs)
+        ]
+        self.pid = self.members[0].pid
+        self.pids = [d.pid for d in self.members]
+        self.log = self.members[0].log
+
+    @property
+    def max_rss_kb(self) -> int:
+        return max(d.max_rss_kb for d in self.members)
+
+    def alive(self, what: str) -> None:
+        for daemon in self.members:
+            daemon.alive(what)
+
+    def sample_rss(self) -> int:
+        return max(d.sample_rss() for d in self.members)
+
+    def peak_rss_kb(self) -> int | None:
+        return max((p for d in self.members if (p := d.peak_rss_kb()) is not None), default=None)
+
+    def cpu(self, *, system_only: bool = False) -> Callable[[], float | None]:
+        def total() -> float | None:
+            seconds = [cpu_seconds(pid, system_only=system_only) for pid in self.pids]
+            return None if None in seconds else sum(s for s in seconds if s is not None)
+
+        return total
+
+    async def stop(self, grace: float, what: str) -> float:
+        """SIGTERM to all at once; the longest any took to exit 0."""
+        took = await asyncio.gather(*(d.stop(grace, what) for d in self.members))
+        return max(took)
+
+    def log_stats(self) -> LogStats:
+        stats = LogStats()
+        for daemon in self.members:
+            one = daemon.log_stats()
+            stats.lines += one.lines
+            stats.bytes += one.bytes
+            for mine, theirs in ((stats.outcomes, one.outcomes), (stats.warnings, one.warnings)):
+                for key, count in theirs.items():
+                    mine[key] = mine.get(key, 0) + count
+        return stats
+
+
 @dataclass
 class LogStats:
     lines: int = 0

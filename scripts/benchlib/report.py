@@ -195,7 +195,8 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"N={s['messages']:,}  repeat={s['repeat']}  python {s['python']}  {s['loop']}  "
         f"{s['cpus']} cpus  load {s['loadavg_at_start'][0]:.2f}  "
-        f"daemon log {s['daemon_log']}  WA_NUMBER_RATE={s['number_rate']}",
+        f"daemon log {s['daemon_log']}  WA_NUMBER_RATE={s['number_rate']}"
+        + (f"  {s['daemons']} daemons per daemon scenario" if s.get("daemons", 1) > 1 else ""),
         "",
         f"{'scenario':<30}{'prefetch':>9}{'msg/s':>9}{'steady':>9}{'max RSS':>9}   runs (msg/s)",
     ]
