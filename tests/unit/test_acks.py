@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wa_consumer.acks import AckCoalescer
+from wa_consumer.acks import ACK_DELAY, AckCoalescer
 
 
 class FakeChannel:
@@ -95,4 +95,22 @@ def test_in_order_completions_go_as_few_frames() -> None:
 
     channel = asyncio.run(run())
     assert channel.acked == list(range(1, 101))
+    assert channel.frames == 1
+
+
+def test_acks_decided_over_many_loop_turns_within_the_delay_go_as_one_frame() -> None:
+    async def run() -> FakeChannel:
+        channel = FakeChannel()
+        acks = AckCoalescer()
+        for t in range(1, 51):
+            channel.outstanding.append(t)
+            acks.delivered(Delivery(channel, t))  # type: ignore[arg-type]
+        for t in range(1, 51):  # one completion per loop turn, as sends finish at full speed
+            acks.ack(Delivery(channel, t))  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+        await asyncio.sleep(ACK_DELAY * 5)  # the timer fires; no drain
+        return channel
+
+    channel = asyncio.run(run())
+    assert channel.acked == list(range(1, 51))
     assert channel.frames == 1
