@@ -81,13 +81,19 @@ def test_every_delivery_is_settled_once_and_no_ack_names_an_unknown_tag(
     assert channel.outstanding == []
 
 
+def _delivered(n: int) -> tuple[FakeChannel, AckCoalescer]:
+    """A channel with deliveries 1..n outstanding, each registered with a new coalescer."""
+    channel = FakeChannel()
+    acks = AckCoalescer()
+    for t in range(1, n + 1):
+        channel.outstanding.append(t)
+        acks.delivered(Delivery(channel, t))  # type: ignore[arg-type]
+    return channel, acks
+
+
 def test_in_order_completions_go_as_few_frames() -> None:
     async def run() -> FakeChannel:
-        channel = FakeChannel()
-        acks = AckCoalescer()
-        for t in range(1, 101):
-            channel.outstanding.append(t)
-            acks.delivered(Delivery(channel, t))  # type: ignore[arg-type]
+        channel, acks = _delivered(100)
         for t in range(1, 101):
             acks.ack(Delivery(channel, t))  # type: ignore[arg-type]
         await acks.drain()
@@ -100,11 +106,7 @@ def test_in_order_completions_go_as_few_frames() -> None:
 
 def test_acks_decided_over_many_loop_turns_within_the_delay_go_as_one_frame() -> None:
     async def run() -> FakeChannel:
-        channel = FakeChannel()
-        acks = AckCoalescer()
-        for t in range(1, 51):
-            channel.outstanding.append(t)
-            acks.delivered(Delivery(channel, t))  # type: ignore[arg-type]
+        channel, acks = _delivered(50)
         for t in range(1, 51):  # one completion per loop turn, as sends finish at full speed
             acks.ack(Delivery(channel, t))  # type: ignore[arg-type]
             await asyncio.sleep(0)
