@@ -207,6 +207,7 @@ class Daemon:
         try:
             await self._consume()
         except Exception as exc:  # noqa: BLE001 - logged; the next reconnect tries again
+            self.consuming.clear()  # /readyz says so
             log.error("consume_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _stop_consuming(self) -> None:
