@@ -1,8 +1,8 @@
 """The ledger in PostgreSQL (SPEC §9): claims and results, batched.
 
-Per message there are two writes, each grouped with those of concurrent messages into one
-statement: the claim before the send, and the finish (attempt rows plus the new status)
-before the ack.
+Per message there are two writes: the claim before the send, and the finish (attempt rows
+plus the new status) before the ack. The claims and finishes of concurrent messages go
+together, as one statement per batch.
 """
 
 from __future__ import annotations
