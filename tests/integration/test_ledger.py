@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -263,3 +265,50 @@ async def test_every_field_of_a_claim_and_a_result_reaches_the_tables(database: 
         "transient", "Service unavailable\nnewline", True,
     )  # fmt: skip
     assert att["consumer"] == ledger.consumer
+
+
+async def test_a_result_the_database_cannot_take_is_kept_and_written_when_it_is_back(
+    database: str,
+) -> None:
+    """The send happened: its finish waits a bounded time, then the message may be settled,
+    and the result is written as soon as the database answers again (SPEC §9, outage)."""
+    import orjson
+
+    from wa_consumer.ledger.postgres import PostgresLedger
+    from wa_consumer.message import parse
+    from wa_consumer.seams import Attempt, Claim, Record
+
+    url = URL(database)
+    proxy = await TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    message = parse(orjson.dumps(text_message("acme", "15550010888")))
+    ledger = await PostgresLedger.connect(
+        str(url.with_port(proxy.port)), finish_timeout=0.5, statement_timeout_ms=1000
+    )
+    try:
+        assert await ledger.claim(message) is Claim.CLAIMED
+        proxy.refusing = True
+        proxy.drop()
+        started = time.perf_counter()
+        attempt = Attempt(1, datetime.now(UTC), 12.0, "sent", http_status=200)
+        record = Record("sent", 0, wamid="wamid.kept")
+        await asyncio.wait_for(ledger.finish(message, record, [attempt]), 10)
+        waited = time.perf_counter() - started
+        assert 0.4 < waited < 3.0  # bounded: the broker is not held up by the ledger
+        assert not ledger.healthy
+        assert await ledger.claim(message) is Claim.BUSY  # still ours until it is written
+        proxy.refusing = False
+        await wait_for(lambda: _status_is(database, message.internal_id, "sent"), timeout=15)
+    finally:
+        await ledger.close()
+        await proxy.close()
+    connection = await asyncpg.connect(database)
+    try:
+        wamid = await connection.fetchval(
+            "SELECT wamid FROM wa_messages WHERE internal_id = $1", message.internal_id
+        )
+        attempts = await connection.fetchval(
+            "SELECT count(*) FROM wa_attempts WHERE internal_id = $1", message.internal_id
+        )
+    finally:
+        await connection.close()
+    assert (wamid, attempts) == ("wamid.kept", 1)
