@@ -132,15 +132,15 @@ class PlainSender:
 async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     n = ctx.args.messages
     what = f"{scenario.key} round {round_no}"
-    sandbox = ctx.sandbox
-    if scenario.http and sandbox is None:
-        raise BenchError(f"{what}: no sandbox")
     settings = make_settings(
         overrides(scenario, ctx.args, ctx.amqp_url, "http://127.0.0.1:1", None)
     )
     sender: PlainSender | None = None
     processes = {"bench": time.process_time, "broker": pid_cpu(broker_pid())}
-    if scenario.http and sandbox is not None:
+    if scenario.http:
+        sandbox = ctx.sandbox
+        if sandbox is None:
+            raise BenchError(f"{what}: no sandbox")
         await sandbox.set_latency(scenario.latency_ms)
         sender = PlainSender(sandbox.url, settings.graph_api_version, scenario.prefetch)
         processes["sandbox"] = pid_cpu(sandbox.process.pid)
