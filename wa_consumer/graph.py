@@ -35,14 +35,13 @@ def make_session(*, limit: int, timeout: float) -> aiohttp.ClientSession:
     and they go to one host (two with the tenant service). No cookie jar: the Cloud API is
     stateless and cookies would only cost a lookup per request. The connect timeout is
     shorter than the total so that a slow connect (nothing sent, safe to retry) is told
-    apart from a slow answer (ambiguous).
+    apart from a slow answer (ambiguous). No read timeout: one as long as the total never
+    fires first, and it costs a timer moved on every read.
     """
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(
-            total=timeout, connect=min(timeout / 2, 10.0), sock_read=timeout
-        ),
+        timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout / 2, 10.0)),
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": _USER_AGENT},
         raise_for_status=False,

@@ -11,6 +11,9 @@ Targets:
 - the daemon at 100 ms, every feature on, at least as fast as the plain consumer a user would
   write instead (aio-pika + aiohttp, no features), same latency and prefetch.
 
+Two ratios have no target and are shown for context: that plain consumer at 0 ms against the
+floor (how far the HTTP client alone lets a consumer come), and the daemon against it.
+
 Ratios are taken between medians; ``per_round`` in the JSON has the same ratio within each
 round, where both sides were measured (the rounds alternate the scenarios, so a round's
 figures share the machine's load of the moment).
@@ -63,6 +66,8 @@ def _ratios(medians: dict[str, float | None], latency: Scenario | None) -> dict[
         "ledger_on_over_off": _ratio(m("zero-on"), m("zero-off")),
         "latency_over_bound": _ratio(m("latency"), _bound(medians, latency)),
         "latency_over_plain": _ratio(m("latency"), m("plain")),
+        "plain_zero_over_floor": _ratio(m("plain-zero"), m("floor")),
+        "zero_on_over_plain_zero": _ratio(m("zero-on"), m("plain-zero")),
     }
 
 
@@ -108,6 +113,18 @@ def summary(
             1.0,
             ("latency", "plain"),
         ),
+        "plain_zero_over_floor": (
+            "aio-pika + aiohttp 0 ms, no features / floor",
+            "-",
+            None,
+            ("plain-zero", "floor"),
+        ),
+        "zero_on_over_plain_zero": (
+            "0 ms ledger-on / aio-pika + aiohttp 0 ms",
+            "-",
+            None,
+            ("zero-on", "plain-zero"),
+        ),
     }
     targets: dict[str, Any] = {}
     chosen = {s.key for s in scenarios}
@@ -123,8 +140,14 @@ def summary(
             "what": what,
             "issue": issue,
             "value": value,
-            "target": f">= {target:g}",
-            "verdict": None if value is None else ("PASS" if value >= target else "MISS"),
+            "target": "-" if target is None else f">= {target:g}",
+            "verdict": (
+                None
+                if value is None
+                else "info"
+                if target is None
+                else ("PASS" if value >= target else "MISS")
+            ),
             "per_round": rounds,
             # With no clean run on a side: the same ratio over every run, for orientation.
             "indicative_all_runs": indicative[name] if value is None else None,
@@ -198,7 +221,7 @@ def table(report: dict[str, Any]) -> str:
         f"daemon log {s['daemon_log']}  WA_NUMBER_RATE={s['number_rate']}"
         + (f"  {s['daemons']} daemons per daemon scenario" if s.get("daemons", 1) > 1 else ""),
         "",
-        f"{'scenario':<30}{'prefetch':>9}{'msg/s':>9}{'steady':>9}{'max RSS':>9}   runs (msg/s)",
+        f"{'scenario':<38}{'prefetch':>9}{'msg/s':>9}{'steady':>9}{'max RSS':>9}   runs (msg/s)",
     ]
     for part in report["scenarios"].values():
         if not part["runs"]:
@@ -207,7 +230,7 @@ def table(report: dict[str, Any]) -> str:
         runs = " ".join(f"{r['rate']:,.0f}{'*' if r['problems'] else ''}" for r in part["runs"])
         rate, steady = part["median_msg_s"], part["median_steady_msg_s"]
         lines.append(
-            f"{part['label']:<30}{part['prefetch']:>9}"
+            f"{part['label']:<38}{part['prefetch']:>9}"
             f"{'n/a' if rate is None else f'{rate:,.0f}':>9}"
             f"{'n/a' if steady is None else f'{steady:,.0f}':>9}{rss:>9}   {runs}"
         )

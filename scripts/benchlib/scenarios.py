@@ -7,10 +7,13 @@ zero-off
     The daemon against the sandbox at 0 ms, no ledger (no ``WA_DATABASE_URL``).
 zero-on
     The same with the ledger in the run's scratch database.
-plain
+plain-zero
     What a user would write instead of the daemon, with no features: an aio-pika consumer in
     the bench process that POSTs each ``wabaPayload`` to the sandbox with aiohttp (one session,
-    tokens fetched once per tenant) and acks it; same latency and prefetch as ``latency``.
+    tokens fetched once per tenant) and acks it; the sandbox at 0 ms, the floor's prefetch.
+    How close to the floor the HTTP client alone lets a consumer come on this machine.
+plain
+    The same consumer with the latency and prefetch of ``latency``.
 latency
     The sandbox answering after 100 ms (``--latency-ms``), ledger on, ``WA_PREFETCH=500``
     (``--latency-prefetch``).
@@ -38,7 +41,7 @@ from wa_consumer.settings import Settings
 
 from .common import free_port
 
-ORDER = ("floor", "zero-off", "zero-on", "plain", "latency")
+ORDER = ("floor", "zero-off", "zero-on", "plain-zero", "plain", "latency")
 DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
 DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
 NUMBER_RATE = "number_rate"  # the per-number limit's field in Settings (WA_NUMBER_RATE)
@@ -76,6 +79,14 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             "zero-off", "daemon 0 ms, ledger off", True, 0.0, False, args.prefetch
         ),
         "zero-on": Scenario("zero-on", "daemon 0 ms, ledger on", True, 0.0, True, args.prefetch),
+        "plain-zero": Scenario(
+            "plain-zero",
+            "aio-pika + aiohttp 0 ms, no features",
+            False,
+            0.0,
+            prefetch=args.prefetch,
+            http=True,
+        ),
         "plain": Scenario(
             "plain",
             f"aio-pika + aiohttp {ms:g} ms, no features",

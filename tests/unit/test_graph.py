@@ -411,7 +411,7 @@ async def test_session_is_sized_to_the_prefetch_with_explicit_timeouts() -> None
         assert (connector.limit, connector.limit_per_host) == (7, 7)
         assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
         timeout = session.timeout
-        assert (timeout.total, timeout.sock_read) == (3.0, 3.0)
+        assert (timeout.total, timeout.sock_read) == (3.0, None)  # the total bounds the answer
         assert timeout.connect is not None
         assert 0 < timeout.connect < 3.0
     finally:
