@@ -21,6 +21,9 @@ from .settings import Settings, load_settings
 
 T = TypeVar("T")
 
+#: Allocations between young-generation collections in the daemon (the default is 700).
+GC_THRESHOLD = 50_000
+
 app = typer.Typer(
     help="Deliver outbound WhatsApp messages from RabbitMQ through Meta's Cloud API.",
     no_args_is_help=True,
@@ -68,6 +71,11 @@ def run() -> None:
     # left out of collections from here on.
     gc.collect()
     gc.freeze()
+    # The hot path makes almost no reference cycles (about 0.1 object per message was ever
+    # collected), but at the default threshold of 700 the objects of the messages in flight
+    # were traversed again and again: 1,200 collections per 20,000 messages, 11% of the
+    # daemon's time at 500 in flight. At 50,000 there are a few, and cyclic garbage still goes.
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
     async def main() -> int:
         daemon = Daemon(settings)
