@@ -196,7 +196,7 @@ async def test_the_hot_statements_look_rows_up_by_key_even_when_planned_on_an_em
     """
     from wa_consumer.ledger.postgres import _WRITE, PostgresLedger
 
-    types = "json,json,json,text,float8"
+    types = "jsonb,jsonb,jsonb,text,float8"
     ledger = await PostgresLedger.connect(database)
     try:
         async with ledger._pool.acquire() as connection:
@@ -209,6 +209,52 @@ async def test_the_hot_statements_look_rows_up_by_key_even_when_planned_on_an_em
     assert "Conflict Arbiter Indexes: wa_messages_pkey" in plan, plan
     assert "Index Scan using wa_messages_pkey on wa_messages" in plan, plan
     assert "Seq Scan on wa_messages" not in plan, plan
+
+
+async def _updates(database: str) -> tuple[int, int]:
+    """(HOT updates, all updates) of wa_messages so far, as the statistics have them."""
+    connection = await asyncpg.connect(database)
+    try:
+        row = await connection.fetchrow(
+            "SELECT n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'wa_messages'"
+        )
+    finally:
+        await connection.close()
+    return (row["n_tup_hot_upd"], row["n_tup_upd"]) if row else (0, 0)
+
+
+async def test_a_result_is_written_in_place_so_no_index_grows_with_it(database: str) -> None:
+    """A claimed row's result is a HOT update (same page, no new index entries): half of
+    PostgreSQL's work per message. An index on a column a result changes (status, updated_at)
+    or a full page would make it a new row version with an entry in every index."""
+    import orjson
+
+    from wa_consumer.ledger.postgres import PostgresLedger
+    from wa_consumer.message import parse
+    from wa_consumer.seams import Attempt, Claim, Record
+
+    messages = [parse(orjson.dumps(text_message("acme", f"1555002{n:04d}"))) for n in range(200)]
+    attempt = Attempt(1, datetime.now(UTC), 3.0, "sent", http_status=200)
+    hot_before, before = await _updates(database)
+    ledger = await PostgresLedger.connect(database)
+    try:
+        claims = await asyncio.gather(*(ledger.claim(m) for m in messages))
+        assert set(claims) == {Claim.CLAIMED}
+        await asyncio.gather(
+            *(
+                ledger.finish(m, Record("sent", 0, wamid=f"wamid.{m.to}"), [attempt])
+                for m in messages
+            )
+        )
+    finally:
+        await ledger.close()  # its backends report their statistics as they exit
+
+    async def counted() -> tuple[int, int] | None:
+        hot, updates = await _updates(database)
+        return (hot - hot_before, updates - before) if updates - before >= 200 else None
+
+    hot, updates = await wait_for(counted, timeout=10)
+    assert hot >= 0.9 * updates, (hot, updates)
 
 
 async def test_every_field_of_a_claim_and_a_result_reaches_the_tables(database: str) -> None:
