@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import uuid
 from collections.abc import Coroutine
@@ -16,13 +15,11 @@ import typer
 from .cli_dlq import dlq_app
 from .cli_ledger import db_app, status_command
 from .errors import InvalidMessage, SettingsError, TopologyMismatch, WaConsumerError
+from .gctuning import tune_for_serving
 from .logs import configure_logging
 from .settings import Settings, load_settings
 
 T = TypeVar("T")
-
-#: Allocations between young-generation collections in the daemon (the default is 700).
-GC_THRESHOLD = 50_000
 
 app = typer.Typer(
     help="Deliver outbound WhatsApp messages from RabbitMQ through Meta's Cloud API.",
@@ -66,16 +63,7 @@ def run() -> None:
     configure_logging(settings.log_level, settings.log_format)
     from .consumer import Daemon
 
-    # What is loaded by now (modules, classes, models: about 85,000 objects) lives as long as
-    # the process; a full collection of it stalled the event loop for about 50 ms, so it is
-    # left out of collections from here on.
-    gc.collect()
-    gc.freeze()
-    # The hot path makes almost no reference cycles (about 0.1 object per message was ever
-    # collected), but at the default threshold of 700 the objects of the messages in flight
-    # were traversed again and again: 1,200 collections per 20,000 messages, 11% of the
-    # daemon's time at 500 in flight. At 50,000 there are a few, and cyclic garbage still goes.
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    tune_for_serving()
 
     async def main() -> int:
         daemon = Daemon(settings)

@@ -17,6 +17,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from wa_consumer.gctuning import tune_for_serving
 from wa_consumer.sandbox.admin import Admin
 from wa_consumer.sandbox.cloud import CloudApi
 from wa_consumer.sandbox.config import SandboxConfig
@@ -138,5 +139,6 @@ def run_sandbox(
                 announce(describe(sandbox))
             await stop.wait()
 
+    tune_for_serving()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve())
