@@ -33,7 +33,7 @@ log = get_logger("ledger")
 # never in both parts: this process holds the claim of a message until its finish is written.
 # Each part is one JSON array of rows (a row is an array, by position): asyncpg encoded the 26
 # arrays this took before at twice the daemon's CPU per statement. jsonb, not json: a json
-# row is parsed again for every field taken from it, which cost PostgreSQL a quarter more.
+# row is parsed again for every field taken from it, which cost PostgreSQL a third more.
 _WRITE = """
 WITH attempts AS (
     INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
