@@ -19,7 +19,6 @@ import aio_pika
 import aiohttp
 import aiormq
 from aio_pika.abc import (
-    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
     ExchangeType,
@@ -99,7 +98,6 @@ class Daemon:
         self._hard_stop = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.consuming = asyncio.Event()
-        self._queue: AbstractQueue | None = None
         self._channel: AbstractRobustChannel | None = None  # the consuming channel
         self._tag: str | None = None
         self._pause_task: asyncio.Task[None] | None = None
@@ -160,7 +158,7 @@ class Daemon:
                 observer=Fanout(self.metrics, self.alerts),
                 on_ledger_down=self._ledger_down,
             )
-            self._queue = await consume_channel.declare_queue(s.queue, passive=True)
+            await consume_channel.declare_queue(s.queue, passive=True)  # there, or fail now
             self._channel = consume_channel
             consume_channel.reopen_callbacks.add(self._consume_again)
             queue_probe = self._observe(connection, pipeline)
