@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from .categories import ACCOUNT_LEVEL
 from .logs import get_logger, redact
 from .metrics import Metrics, NullObserver
 from .outcomes import Dead, Outcome
@@ -47,7 +48,7 @@ from .settings import Settings
 log = get_logger("alerts")
 
 # Dead-letter categories an operator must act on, by the alert they raise.
-ACCOUNT_CATEGORIES = frozenset({"account", "auth", "tenant_suspended"})
+ACCOUNT_CATEGORIES = frozenset(str(c) for c in ACCOUNT_LEVEL)
 _CAUSE_TEXT = 500
 _MAX_CAUSES = 10_000
 

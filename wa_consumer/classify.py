@@ -3,7 +3,8 @@
 The classification is data: ``TABLE`` lists Meta's codes (from WHATSAPP.md) with the
 category we give them; adding a code is adding a row. ``classify`` decides on Meta's
 ``code`` first (Meta says the HTTP status is unreliable: rate limits come as 400), and only
-for a code we do not know falls back on ``is_transient`` and then the HTTP status.
+for a code we do not know falls back on the HTTP status 401 (auth), ``is_transient`` and then
+the HTTP status.
 """
 
 from __future__ import annotations
@@ -11,20 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from types import MappingProxyType
 
+from .categories import Category
 from .errors import GraphError, GraphTransportError
 
-
-class Category(StrEnum):
-    """What kind of failure a Cloud API error is; the value goes into ``x-error-category``."""
-
-    TRANSIENT = "transient"
-    RATE_LIMITED = "rate_limited"
-    AUTH = "auth"
-    ACCOUNT = "account"
-    PERMANENT = "permanent"
+__all__ = ["BY_CODE", "RULES", "TABLE", "Category", "Rule", "classify", "rule_for"]
 
 
 #: A Meta code, or an inclusive range of them written ``range(first, last + 1)``.
@@ -119,14 +112,20 @@ PAIR_LIMIT_CODE = 131056
 
 
 def classify(err: GraphError) -> Category:
-    """The category of a failed send: Meta's code, else ``is_transient``, else the status."""
+    """The category of a failed send: Meta's code, else a 401, else ``is_transient``, the status.
+
+    A 401 without a code we know (no Meta body, a proxy's, a new code) is auth, like 190: the
+    token was refused, so fetching it again and resending once is what may help (SPEC §5).
+    """
     if err.code is not None:
         known = BY_CODE.get(err.code)
         if known is not None:
             return known
+    status = err.status
+    if status == 401:
+        return Category.AUTH
     if err.is_transient:
         return Category.TRANSIENT
-    status = err.status
     if isinstance(err, GraphTransportError) or status is None:
         return Category.TRANSIENT  # connect errors and timeouts
     if status == 429:

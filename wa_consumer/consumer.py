@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
 import aio_pika
 import aiohttp
@@ -38,7 +37,7 @@ from .logs import get_logger
 from .metrics import Fanout, Metrics
 from .pipeline import Pipeline, Policy
 from .probe import QueueProbe, watched_queues
-from .seams import Ledger, Limiter
+from .seams import Ledger, Limiter, NullLedger
 from .settings import Settings
 from .settle import Settler
 from .topology import Topology, declare
@@ -122,7 +121,8 @@ class Daemon:
     async def run(self) -> int:
         """Start-up, consume until told to stop, shut down; returns the exit code."""
         s = self.settings
-        ledger = self._ledger or await _open_ledger(s)
+        ledger: Ledger = self._ledger or await _open_ledger(s) or NullLedger()
+        await ledger.start()
         connection = self._connection = await _connect(s.amqp_url)
         session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)
         http = HealthServer(self.metrics.registry, self.readiness)
@@ -178,8 +178,7 @@ class Daemon:
             await session.close()
             if own_limiter is not None:
                 await own_limiter.aclose()
-            if isinstance(ledger, PostgresLedger):
-                await ledger.close()
+            await ledger.close()
             with suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
         return 0
@@ -187,10 +186,13 @@ class Daemon:
     async def _consume(self) -> None:
         assert self._channel is not None
         assert self.pipeline is not None
-        handle = self.pipeline.handle
+        receive = self.pipeline.receive
 
-        def on_message(message: DeliveredMessage) -> Coroutine[Any, Any, None]:
-            return handle(Delivery(message))  # aiormq runs it as a task, in delivery order
+        async def on_message(message: DeliveredMessage) -> None:
+            # Called in delivery order. The pipeline runs the message in a task of its own:
+            # aiormq cancels its own tasks when the channel closes, and a send on the wire
+            # must outlive a broker cut.
+            receive(Delivery(message))
 
         channel = await self._channel.get_underlay_channel()
         result = await channel.basic_consume(self.settings.queue, on_message, no_ack=False)
@@ -222,11 +224,11 @@ class Daemon:
             self._pause_task = asyncio.create_task(self._pause_until_ledger_is_back())
 
     async def _pause_until_ledger_is_back(self) -> None:
-        pipeline, ledger = self.pipeline, self._ledger_in_use
+        pipeline = self.pipeline
         assert pipeline is not None
-        assert ledger is not None
+        ledger = pipeline.ledger
         log.error("consuming_paused", reason="ledger unreachable; messages wait in RabbitMQ")
-        pipeline.stopping = True  # what has not reached the send goes back to the queue
+        pipeline.pause()  # what has not been claimed goes back to the queue
         await self._stop_consuming()
         try:
             while not self._stop.is_set() and not await ledger.ping():
@@ -234,26 +236,23 @@ class Daemon:
                     await asyncio.wait_for(self._stop.wait(), 1.0)
             if self._stop.is_set():
                 return
-            pipeline.stopping = False
+            pipeline.resume()
             await self._consume()
             log.info("consuming_resumed")
         finally:
             self._pause_task = None
 
-    @property
-    def _ledger_in_use(self) -> PostgresLedger | None:
-        ledger = self.pipeline.ledger if self.pipeline else None
-        return ledger if isinstance(ledger, PostgresLedger) else None
-
     def _observe(self, connection: AbstractRobustConnection, pipeline: Pipeline) -> QueueProbe:
         """Bind the gauges read at scrape time; the probe of queue depths and ages."""
-        ledger = self._ledger_in_use
+        ledger = pipeline.ledger
         self.metrics.retry_delays(tuple(self.settings.retry_delays))
         self.metrics.watch(
             in_flight=lambda: len(pipeline.in_flight),
             broker_connected=self._broker_up,
             ready=self._ready_now,
-            ledger_up=(lambda: ledger.healthy and self._ledger_reachable) if ledger else None,
+            ledger_up=(lambda: ledger.healthy and self._ledger_reachable)
+            if self._has_ledger
+            else None,
         )
         queues = watched_queues(
             self.settings,
@@ -277,7 +276,7 @@ class Daemon:
         else:
             paused = self._pause_task is not None
             checks["consuming"] = "paused: ledger unreachable" if paused else "not consuming"
-        if self._ledger_in_use is not None:
+        if self._has_ledger:
             checks["ledger"] = "ok" if await self._ping_ledger() else "unreachable"
         return checks
 
@@ -285,15 +284,23 @@ class Daemon:
         c = self._connection
         return c is not None and not c.is_closed and c.connected.is_set()
 
+    @property
+    def _has_ledger(self) -> bool:
+        return self.pipeline is not None and self.pipeline.ledger.counts_deliveries
+
     def _ready_now(self) -> bool:
-        ledger = self._ledger_in_use
-        ledger_ok = ledger is None or (ledger.healthy and self._ledger_reachable)
+        ledger_ok = not self._has_ledger or (
+            self._current_ledger().healthy and self._ledger_reachable
+        )
         return self._broker_up() and self.consuming.is_set() and ledger_ok
 
+    def _current_ledger(self) -> Ledger:
+        assert self.pipeline is not None
+        return self.pipeline.ledger
+
     async def _ping_ledger(self) -> bool:
-        ledger = self._ledger_in_use
-        if ledger is not None:
-            self._ledger_reachable = await ledger.ping()
+        if self._has_ledger:
+            self._ledger_reachable = await self._current_ledger().ping()
         return self._ledger_reachable
 
     async def _shutdown(self, pipeline: Pipeline) -> None:
@@ -301,26 +308,13 @@ class Daemon:
         log.info(
             "shutdown_started", in_flight=len(pipeline.in_flight), grace_s=s.shutdown_grace_seconds
         )
-        pipeline.stopping = True
+        pipeline.pause()
         await self._stop_consuming()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + s.shutdown_grace_seconds
-        hard = asyncio.ensure_future(self._hard_stop.wait())
-        while pipeline.in_flight and not hard.done() and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(
-                [*pipeline.in_flight, hard], timeout=left, return_when=asyncio.FIRST_COMPLETED
-            )
-        hard.cancel()
-        cancelled = set(pipeline.deciding)
-        for task in cancelled:
-            task.cancel()  # each hands its message back; recording and settling are not cut
-        if pipeline.in_flight:
-            await asyncio.wait(set(pipeline.in_flight), timeout=15)
-        await pipeline.settler.acks.drain()
-        log.info("shutdown_complete", cancelled=len(cancelled))
+        handed_back = await pipeline.drain(s.shutdown_grace_seconds, self._hard_stop)
+        log.info("shutdown_complete", handed_back=handed_back)
 
 
-async def _open_ledger(settings: Settings) -> PostgresLedger | None:
+async def _open_ledger(settings: Settings) -> Ledger | None:
     if not settings.database_url:
         return None
     return await PostgresLedger.connect(
@@ -328,6 +322,7 @@ async def _open_ledger(settings: Settings) -> PostgresLedger | None:
         pool_size=settings.database_pool_size,
         statement_timeout_ms=settings.database_statement_timeout_ms,
         lease_seconds=settings.claim_lease_seconds,
+        heartbeat_seconds=settings.ledger_heartbeat_seconds,
         max_deliveries=settings.max_deliveries,
     )
 

@@ -266,10 +266,17 @@ class CredentialCache:
         # Shielded: one waiter cancelled (a shutdown, a timeout) must not cancel the others.
         return await asyncio.shield(task)
 
-    def invalidate(self, tenant_id: str) -> None:
-        """Forget the tenant's credentials; a fetch under way will not be cached either."""
-        self._cache.pop(tenant_id, None)
-        self._inflight.pop(tenant_id, None)
+    def invalidate(self, tenant_id: str, stale: Credentials) -> None:
+        """Forget the tenant's credentials if they are still ``stale``, the ones Meta refused.
+
+        Compare-and-invalidate: of N concurrent sends refused with one token, the first drops
+        it and the next ``get`` fetches again; the others find that fetch under way (never
+        dropped: they join it) or its result (a different entry, kept), so the tenant service
+        gets one refetch per stale entry. Compared by identity, not token value: a refetch
+        that returns the same token is a new entry, and late refusals of the old one keep it.
+        """
+        if self._cache.get(tenant_id) is stale:
+            self._cache.pop(tenant_id, None)  # pop: the entry may expire in between
 
     async def _fetch(self, tenant_id: str) -> Credentials:
         self.fetches += 1
@@ -280,8 +287,7 @@ class CredentialCache:
             self.fetch_errors += 1
             self._emit("fetch_error")
             raise
-        if self._inflight.get(tenant_id) is asyncio.current_task():
-            self._cache[tenant_id] = creds
+        self._cache[tenant_id] = creds
         return creds
 
     def _settled(self, tenant_id: str, task: asyncio.Task[Credentials]) -> None:

@@ -26,6 +26,8 @@ No message of these ever holds an access token: callers pass ids, never tokens.
 
 from __future__ import annotations
 
+from .categories import Category
+
 
 class WaConsumerError(Exception):
     """Base of every error wa-consumer raises on purpose."""
@@ -76,7 +78,7 @@ class InvalidMessage(WaConsumerError):
 class CredentialError(WaConsumerError):
     """The tenant's credentials could not be had."""
 
-    category: str = "transient"
+    category: Category = Category.TRANSIENT
     retryable: bool = False
 
     def __init__(self, tenant_id: str, detail: str) -> None:
@@ -85,19 +87,19 @@ class CredentialError(WaConsumerError):
 
 
 class TenantUnknown(CredentialError):
-    category = "tenant_unknown"
+    category = Category.TENANT_UNKNOWN
 
 
 class TenantSuspended(CredentialError):
-    category = "tenant_suspended"
+    category = Category.TENANT_SUSPENDED
 
 
 class TenantMismatch(CredentialError):
-    category = "tenant_mismatch"
+    category = Category.TENANT_MISMATCH
 
 
 class TenantServiceUnavailable(CredentialError):
-    category = "transient"
+    category = Category.TRANSIENT
     retryable = True
 
 

@@ -9,6 +9,7 @@ in case a proxy echoes it back.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Final, NamedTuple
 
@@ -26,6 +27,12 @@ _URL_CACHE_SIZE: Final = 4096
 _CONTENT_TYPE: Final = "application/json"
 _USER_AGENT: Final = "wa-consumer"
 _NOT_JSON: Final = object()
+#: C0 control characters but tab and newline: PostgreSQL refuses NUL in text, the rest garble.
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f]")
+#: What the ledger's integer columns hold; a code outside it is kept in the text only.
+_INT32: Final = range(-(2**31), 2**31)
+#: A whole number as Meta may write it in a string (bounded: int() refuses huge digit strings).
+_WHOLE: Final = re.compile(r"\s*-?[0-9]{1,64}\s*")
 
 
 def make_session(*, limit: int, timeout: float) -> aiohttp.ClientSession:
@@ -137,12 +144,13 @@ def _api_error(status: int, body: bytes, token: str) -> GraphApiError:
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         transient = error.get("is_transient")
+        fbtrace_id = _str(error.get("fbtrace_id"))
         return GraphApiError(
             _bounded(_meta_message(error, status), token),
             status=status,
             code=_int(error.get("code")),
             subcode=_int(error.get("error_subcode")),
-            fbtrace_id=_str(error.get("fbtrace_id")),
+            fbtrace_id=_bounded(fbtrace_id, token) if fbtrace_id else None,
             is_transient=transient if isinstance(transient, bool) else None,
         )
     # A 2xx without a wamid: Meta may have taken the message, so a resend is ambiguous.
@@ -150,11 +158,11 @@ def _api_error(status: int, body: bytes, token: str) -> GraphApiError:
     if not body.strip():
         message = f"HTTP {status} with an empty body"
     elif data is _NOT_JSON:
-        message = f"HTTP {status} with a non-JSON body: {_excerpt(body)}"
+        message = f"HTTP {status} with a non-JSON body: {_excerpt(body, token)}"
     elif accepted:
-        message = f"HTTP {status} without messages[0].id: {_excerpt(body)}"
+        message = f"HTTP {status} without messages[0].id: {_excerpt(body, token)}"
     else:
-        message = f"HTTP {status} with an unexpected JSON body: {_excerpt(body)}"
+        message = f"HTTP {status} with an unexpected JSON body: {_excerpt(body, token)}"
     return GraphApiError(
         _bounded(message, token),
         status=status,
@@ -169,6 +177,11 @@ def _meta_message(error: dict[str, Any], status: int) -> str:
     details = _str(data.get("details")) if isinstance(data, dict) else None
     if details and details not in message:
         message = f"{message}: {details}"
+    for key in ("code", "error_subcode"):
+        # Out of the ledger's integer range: not kept as a number, but the reader still sees it.
+        number = _whole(error.get(key))
+        if number is not None and number not in _INT32:
+            message = f"{message} [{key} {number}]"
     return message
 
 
@@ -197,27 +210,49 @@ def _transport(exc: BaseException, token: str) -> GraphTransportError:
 
 
 def _bounded(text: str, token: str) -> str:
-    """``text`` without the token and cut to ``MAX_ERROR_BYTES`` of UTF-8."""
-    if token and token in text:
-        text = text.replace(token, "[redacted]")
+    """``text`` clean (see ``_clean``) and cut to ``MAX_ERROR_BYTES`` of UTF-8."""
+    text = _clean(text, token)
     raw = text.encode("utf-8")
     if len(raw) <= MAX_ERROR_BYTES:
         return text
     return raw[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
-def _excerpt(body: bytes) -> str:
-    return " ".join(body.decode("utf-8", "replace").split())[:BODY_EXCERPT_CHARS]
+def _clean(text: str, token: str) -> str:
+    """``text`` without C0 control characters (tab and newline stay), then without the token.
+
+    In that order: a token with a NUL put in it would otherwise come whole out of the strip.
+    """
+    text = _CONTROL.sub("", text)
+    if token and token in text:
+        text = text.replace(token, "[redacted]")
+    return text
 
 
-def _int(value: object) -> int | None:
+def _excerpt(body: bytes, token: str) -> str:
+    """The start of ``body`` on one line, the token scrubbed from all of it before the cut.
+
+    Cut first, a token across the cut would leave its prefix, which no later scrub finds.
+    """
+    text = _clean(body.decode("utf-8", "replace"), token)
+    return " ".join(text.split())[:BODY_EXCERPT_CHARS]
+
+
+def _whole(value: object) -> int | None:
+    """``value`` as a whole number if it is one (an int, or a string of digits), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _WHOLE.fullmatch(value):
         return int(value)
     return None
+
+
+def _int(value: object) -> int | None:
+    """A code for the ledger's integer columns: a whole number in the signed 32-bit range."""
+    number = _whole(value)
+    return number if number is not None and number in _INT32 else None
 
 
 def _str(value: object) -> str | None:

@@ -25,6 +25,16 @@ __all__ = ["MAX_MESSAGE_BYTES", "Metadata", "Outbound", "OutboundMessage", "pars
 MAX_MESSAGE_BYTES = 256 * 1024
 """Default largest body accepted; a larger one is refused before it is decoded."""
 
+# What a producer controls is bounded here, where it enters: a value the ledger or the broker
+# would refuse (a NUL, an id past the index's row limit, a header past the frame limit) is
+# this message's own ``invalid``, never a failed batch or a closed connection for the others.
+MAX_ID_CHARS = 256
+"""Longest ``tenantId`` or ``internalId`` (they key the ledger and go into headers)."""
+MAX_RECIPIENT_CHARS = 64
+MAX_METADATA_BYTES = 16 * 1024
+"""Largest JSON of the extra metadata keys (kept in the ledger and the logs)."""
+MAX_METADATA_DEPTH = 16
+
 _MAX_REASON = 300
 _MAX_WHERE = 200
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -38,10 +48,17 @@ class Metadata(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    tenantId: Annotated[str, Field(min_length=1)]
-    internalId: Annotated[str, Field(min_length=1)]
-    phoneNumberId: Annotated[str, Field(pattern=r"^[0-9]+$")] | None = None
+    tenantId: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    internalId: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    phoneNumberId: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
     expiresAt: datetime | None = None
+
+    @field_validator("tenantId", "internalId")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _has_control(value):
+            raise ValueError("must not hold control characters (NUL, newline, ...)")
+        return value
 
     @field_validator("expiresAt")
     @classmethod
@@ -97,6 +114,12 @@ def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
     metadata = message.metadata
     waba: dict[str, Any] = obj["wabaPayload"]
     to = waba.get("to")
+    extra = metadata.model_extra or _NO_EXTRA
+    problem = _unbounded(to, extra)
+    if problem is not None:
+        raise InvalidMessage(
+            problem[1], problem[0], tenant_id=metadata.tenantId, internal_id=metadata.internalId
+        )
     return Outbound(
         tenant_id=metadata.tenantId,
         internal_id=metadata.internalId,
@@ -105,8 +128,47 @@ def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
         type=message.wabaPayload.kind,
         to=to if isinstance(to, str) else None,
         payload=orjson.dumps(waba),
-        extra=metadata.model_extra or _NO_EXTRA,
+        extra=extra,
     )
+
+
+def _unbounded(to: object, extra: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(where, reason) of a value the ledger could not keep, or None."""
+    if isinstance(to, str) and (len(to) > MAX_RECIPIENT_CHARS or _has_control(to)):
+        return "wabaPayload.to", (
+            f"should be at most {MAX_RECIPIENT_CHARS} characters with no control characters"
+        )
+    if not extra:
+        return None
+    # Depth first: orjson refuses to write past 255 levels, and PostgreSQL's jsonb nests less.
+    stack: list[tuple[str, Any, int]] = [(f"metadata.{k}", v, 1) for k, v in extra.items()]
+    while stack:
+        where, value, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            return _cut(where, _MAX_WHERE), f"nests deeper than {MAX_METADATA_DEPTH} levels"
+        if isinstance(value, str):
+            if "\x00" in value:
+                return _cut(where, _MAX_WHERE), "holds a NUL character (\\u0000)"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return _cut(where, _MAX_WHERE), "has a key with a NUL character (\\u0000)"
+                stack.append((f"{where}.{key}", item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+    for key in extra:
+        if "\x00" in key:
+            return "metadata", "has a key with a NUL character (\\u0000)"
+    size = len(orjson.dumps(dict(extra)))
+    if size > MAX_METADATA_BYTES:
+        return "metadata", (
+            f"extra keys take {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES}"
+        )
+    return None
+
+
+def _has_control(text: str) -> bool:
+    return not text.isprintable()
 
 
 # -- error reports (off the hot path) --------------------------------------------------------
@@ -140,11 +202,14 @@ def _ids(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
         return None, None
-    tenant_id, internal_id = metadata.get("tenantId"), metadata.get("internalId")
-    return (
-        tenant_id if isinstance(tenant_id, str) and tenant_id else None,
-        internal_id if isinstance(internal_id, str) and internal_id else None,
-    )
+    return _id(metadata.get("tenantId")), _id(metadata.get("internalId"))
+
+
+def _id(value: object) -> str | None:
+    """An id fit for headers and the ledger, else None (a bad id is only named in the reason)."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and not _has_control(value):
+        return value
+    return None
 
 
 def _describe(exc: ValidationError, obj: dict[str, Any]) -> tuple[str, str]:

@@ -30,6 +30,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from .categories import DEAD
 from .classify import retry_queue_name
 from .outcomes import Dead, Duplicate, Outcome, Retry
 
@@ -42,10 +43,7 @@ LATENCY_BUCKETS = (
     1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0,
 )  # fmt: skip
 
-CATEGORIES = (
-    "retries_exhausted", "invalid", "expired", "permanent", "auth", "account",
-    "tenant_unknown", "tenant_suspended", "tenant_mismatch", "crash_loop",
-)  # fmt: skip
+CATEGORIES = tuple(str(c) for c in DEAD)
 
 ALERTS = ("account", "auth", "tenant_suspended", "dead_rate", "queue_age")
 

@@ -1,8 +1,17 @@
 """A message's life: validate -> limit -> claim -> send -> classify -> settle.
 
-``Pipeline.handle`` is the consumer's callback. ``_decide`` reads like SPEC §4: each stage is
-one call and returns an ``Outcome``; the ledger records it, and only ``settle`` touches the
-broker.
+``Pipeline.receive`` takes each delivery in order and runs ``handle`` in a task of the
+pipeline's own (not the channel's: a channel that closes must not cancel a send on the
+wire). ``_decide`` reads like SPEC §4: each stage is one call and returns an ``Outcome``;
+the ledger records it, and only the settler touches the broker.
+
+Two rules hold every path together:
+
+- A data problem of one message ends that message (dead, ``invalid``, with what and where);
+  only an infrastructure fault (the ledger unreachable) pauses consuming.
+- Once a request may have reached Meta, the message is never handed back as unsent: from
+  the claim on, its task is not cancelled by a pause or a shutdown; it finishes, is recorded
+  (ambiguous where it must be) and is settled.
 """
 
 from __future__ import annotations
@@ -14,7 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .classify import Category, classify, retry_delay, rule_for, wait_queue_for
+from . import headers
+from .categories import Category
+from .classify import classify, retry_delay, rule_for, wait_queue_for
+from .context import Context, attempt_of, record_of
 from .credentials import CredentialCache, Credentials, resolve_number
 from .delivery import Delivery
 from .errors import CredentialError, GraphError, InvalidMessage, LedgerUnavailable
@@ -23,9 +35,8 @@ from .logs import get_logger
 from .message import Outbound, parse
 from .metrics import NullObserver, Observer
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
-from .report import Context, attempt_of, log_outcome, record_of, short_name
-from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter
-from .settle import H_DELIVERIES, H_FIRST_FAILED, H_RETRY_COUNT, Settler, header_int
+from .report import log_outcome, short_name
+from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter, Settling
 
 log = get_logger("pipeline")
 
@@ -55,7 +66,7 @@ class Pipeline:
         policy: Policy,
         credentials: CredentialCache,
         graph: GraphClient,
-        settler: Settler,
+        settler: Settling,
         ledger: Ledger | None = None,
         limiter: Limiter | None = None,
         observer: Observer | None = None,
@@ -69,66 +80,120 @@ class Pipeline:
         self.limiter: Limiter = limiter or NullLimiter()
         self.observer: Observer = observer or NullObserver()
         self._on_ledger_down = on_ledger_down or (lambda: None)
-        self.stopping = False  # shutdown or pause: what has not reached the send goes back
+        self._stopping = False  # paused or stopping: what has not reached the claim goes back
         self.in_flight: set[asyncio.Task[None]] = set()
-        self.deciding: set[asyncio.Task[None]] = set()  # not yet recording or settling
+        self._waiting: set[asyncio.Task[None]] = set()  # before the claim: may be cancelled
         self.counts: Counter[str] = Counter()  # outcomes so far: sent, duplicate, retry, ...
 
-    async def handle(self, delivery: Delivery) -> None:
-        """Consumer callback: decide, record, settle; survives anything one message does."""
-        self.settler.delivered(delivery)  # first, before any await: acks are coalesced in order
-        task = asyncio.current_task()
-        assert task is not None
-        self.in_flight.add(task)
-        self.deciding.add(task)
-        started = time.perf_counter()
-        ctx = Context(header_int(delivery.headers, H_RETRY_COUNT) + 1)
+    # -- lifecycle the daemon drives -----------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._stopping
+
+    def pause(self) -> None:
+        """What has not been claimed yet goes back to the queue; claimed messages finish."""
+        self._stopping = True
+
+    def resume(self) -> None:
+        self._stopping = False
+
+    async def drain(self, grace: float, hard_stop: asyncio.Event | None = None) -> int:
+        """Stop: wait up to ``grace`` for the messages in flight, then hand back those that
+        have not been claimed; the claimed ones (their sends may be on the wire) finish,
+        each bounded by its own timeouts. Returns how many were handed back early."""
+        self.pause()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        hard = asyncio.ensure_future((hard_stop or asyncio.Event()).wait())
         try:
-            try:
-                outcome = await self._decide(delivery, ctx)
-            except asyncio.CancelledError:
-                outcome = HandBack()
-            except Exception as exc:  # one message must never stop the consumer
-                log.exception("unexpected_error", attempt=ctx.attempt)
-                failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
-                outcome = self._retry_or_dead(ctx, failure)
-            # From here on the task is never cancelled (shutdown cancels only `deciding`):
-            # recording and settling run to their end, each bounded by its own timeout.
-            self.deciding.discard(task)
-            if ctx.claimed is not None:
-                await self.ledger.finish(ctx.claimed, record_of(outcome, ctx), ctx.attempts)
-            settled = await self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
-            short = short_name(outcome)
-            self.counts[short] += 1
-            self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
-            log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
+            while self.in_flight and not hard.done() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait(
+                    [*self.in_flight, hard], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
-            self.deciding.discard(task)
-            self.in_flight.discard(task)
+            hard.cancel()
+        cut = set(self._waiting)
+        for task in cut:
+            task.cancel()  # each hands its message back; nothing of it reached Meta
+        if self.in_flight:
+            _, late = await asyncio.wait(set(self.in_flight), timeout=60)
+            if late:
+                log.error("shutdown_tasks_unfinished", count=len(late))
+        await self.settler.flush()
+        return len(cut)
+
+    # -- one delivery ---------------------------------------------------------------------------
+
+    def receive(self, delivery: Delivery) -> asyncio.Task[None]:
+        """Take one delivery (called in delivery order, before anything awaits)."""
+        self.settler.delivered(delivery)  # acks are coalesced in delivery order
+        task = asyncio.get_running_loop().create_task(self.handle(delivery))
+        self.in_flight.add(task)
+        self._waiting.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self._waiting.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("handler_failed", error=_describe(exc))
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Decide, record, settle; survives anything one message does."""
+        started = time.perf_counter()
+        ctx = Context()
+        task = asyncio.current_task()
+        try:
+            outcome = await self._decide(delivery, ctx)
+        except asyncio.CancelledError:
+            if task is not None:
+                task.uncancel()  # the cancel is answered here; recording and settling go on
+            outcome = self._cut_off(ctx)
+        except Exception as exc:  # one message must never stop the consumer
+            log.exception("unexpected_error", attempt=ctx.attempt)
+            failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
+            outcome = self._retry_or_dead(ctx, failure)
+        self._waiting.discard(task)
+        if ctx.claimed is not None:
+            await self.ledger.finish(ctx.claimed, record_of(outcome, ctx), ctx.attempts)
+        settled = await self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
+        short = short_name(outcome)
+        self.counts[short] += 1
+        self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
+        log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
 
     async def _decide(self, delivery: Delivery, ctx: Context) -> Outcome:
+        try:
+            counts = headers.read(delivery.headers)
+        except headers.BadHeader as exc:
+            ctx.tenant_id = _tenant_from_key(delivery.routing_key)
+            return Dead(Failure(Category.INVALID, Category.INVALID, str(exc)))
+        ctx.attempt = counts.retries + 1
+
         # Crash-loop bound without a ledger: a redelivery means a delivery ended with no
         # outcome; its count travels in a header of a requeued copy.
         if delivery.redelivered and not self.ledger.counts_deliveries:
-            deliveries = _deliveries(delivery) + 1
+            deliveries = counts.deliveries + 1
             if deliveries >= self.policy.max_deliveries:
-                return Dead(Failure("crash_loop", "crash_loop", _crash_text(deliveries)))
-            if not self.stopping:
+                return Dead(Failure(Category.CRASH_LOOP, Category.CRASH_LOOP, _crash(deliveries)))
+            if not self._stopping:
                 return Recount(deliveries)
-        if self.stopping:
+        if self._stopping:
             return HandBack()
 
         # validate
         try:
             message = parse(delivery.body, self.policy.max_message_bytes)
         except InvalidMessage as exc:
-            # Ids from the body when it had them, else from the envelope the producer set.
+            # Ids from the body when it had usable ones, else from the envelope.
             ctx.tenant_id = exc.tenant_id or _tenant_from_key(delivery.routing_key)
-            ctx.internal_id = exc.internal_id or delivery.message_id
-            return Dead(Failure("invalid", "invalid", str(exc)))
+            ctx.internal_id = exc.internal_id or headers.text(delivery.message_id or "", 256)
+            return Dead(Failure(Category.INVALID, Category.INVALID, str(exc)))
         ctx.bind(message)
-        if expired := self._expired(message, delivery):
-            return Dead(Failure("expired", "expired", expired))
+        if expired := self._expired(message, delivery, counts.first_failed_at):
+            return Dead(Failure(Category.EXPIRED, Category.EXPIRED, expired))
 
         # credentials
         try:
@@ -139,10 +204,14 @@ class Pipeline:
 
         # limit
         if not await self.limiter.acquire(number, message.to):
-            failure = Failure("throttled", "throttled", f"number {number} throttled")
+            failure = Failure(Category.THROTTLED, Category.THROTTLED, f"number {number} throttled")
             return self._wait(failure, self.policy.throttle_delay)
 
-        # claim (after the limit: a throttled message costs the ledger nothing)
+        # claim (after the limit: a throttled message costs the ledger nothing). From here on
+        # the task is not cancelled: a claim is released or finished on every path.
+        self._waiting.discard(asyncio.current_task())
+        if self._stopping:
+            return HandBack()
         try:
             claim = await self.ledger.claim(message)
         except LedgerUnavailable:
@@ -151,13 +220,16 @@ class Pipeline:
         if claim is Claim.ALREADY_SENT:
             return Duplicate()
         if claim is Claim.BUSY:
-            return self._wait(Failure("busy", "busy", "another consumer holds this message"))
+            busy = Failure(Category.BUSY, Category.BUSY, "another consumer holds this message")
+            return self._wait(busy)
+        if claim is Claim.REFUSED:
+            text = "the ledger cannot store this message (a value the database refuses)"
+            return Dead(Failure(Category.INVALID, Category.INVALID, text))
         ctx.claimed = message
         if claim is Claim.CRASH_LOOP:
-            text = _crash_text(self.policy.max_deliveries)
-            return Dead(Failure("crash_loop", "crash_loop", text))
-
-        if self.stopping:
+            crash = _crash(self.policy.max_deliveries)
+            return Dead(Failure(Category.CRASH_LOOP, Category.CRASH_LOOP, crash))
+        if self._stopping:
             return HandBack()
 
         # send, classify
@@ -170,9 +242,11 @@ class Pipeline:
         while True:
             at = datetime.now(UTC)
             started = time.perf_counter()
+            ctx.on_the_wire = True
             try:
                 result = await self.graph.send(number, creds.access_token, message.payload)
             except GraphError as err:
+                ctx.on_the_wire = False
                 ctx.latency_ms = (time.perf_counter() - started) * 1000
                 self.observer.latency(ctx.latency_ms / 1000)
                 if err.maybe_sent:
@@ -189,7 +263,7 @@ class Pipeline:
                     # 401 / 190: the token changed; fetch it again and resend once, at once.
                     ctx.attempts.append(attempt_of(ctx, at, "refresh", err, category))
                     refreshed = True
-                    self.credentials.invalidate(message.tenant_id)
+                    self.credentials.invalidate(message.tenant_id, creds)
                     try:
                         creds = await self.credentials.get(message.tenant_id)
                     except CredentialError as exc:
@@ -203,6 +277,7 @@ class Pipeline:
                     outcome = Dead(failure)
                 ctx.attempts.append(attempt_of(ctx, at, short_name(outcome), err, category))
                 return outcome
+            ctx.on_the_wire = False
             ctx.latency_ms = (time.perf_counter() - started) * 1000
             self.observer.latency(ctx.latency_ms / 1000)
             ctx.attempts.append(
@@ -210,6 +285,23 @@ class Pipeline:
             )
             self.limiter.sent(number, message.to)
             return Delivered(result.wamid)
+
+    def _cut_off(self, ctx: Context) -> Outcome:
+        """The task was cancelled. Before the wire: back to the queue, nothing happened.
+        On the wire (only if something outside the pipeline cancelled it): as a timeout,
+        an ambiguous attempt and a retry, never a hand-back as if it had not been sent."""
+        if not ctx.on_the_wire:
+            return HandBack()
+        err = GraphError(
+            "the send was cut off before its answer; Meta may have accepted it",
+            maybe_sent=True,
+            short_code="cancelled",
+        )
+        failure = Failure(Category.TRANSIENT, err.code_text, err.message)
+        outcome = self._retry_or_dead(ctx, failure)
+        at = datetime.now(UTC)
+        ctx.attempts.append(attempt_of(ctx, at, short_name(outcome), err, Category.TRANSIENT))
+        return outcome
 
     def _credential_failure(self, ctx: Context, exc: CredentialError) -> Outcome:
         failure = Failure(exc.category, exc.category, str(exc))
@@ -219,7 +311,8 @@ class Pipeline:
         retries = ctx.attempt - 1
         if retries >= self.policy.max_retries:
             text = f"{failure.category} after {retries} retries: {failure.message}"
-            return Dead(Failure("retries_exhausted", failure.code, text, failure.subcode))
+            exhausted = Category.RETRIES_EXHAUSTED
+            return Dead(Failure(exhausted, failure.code, text, failure.subcode))
         delay = retry_delay(retries + 1, self.policy.retry_delays, min_delay)
         step = wait_queue_for(delay, self.policy.retry_delays)
         return Retry(self.policy.retry_queues[step], step, failure)
@@ -231,11 +324,13 @@ class Pipeline:
             step = wait_queue_for(step, self.policy.retry_delays)
         return Retry(self.policy.retry_queues[step], step, failure, counts=False)
 
-    def _expired(self, message: Outbound, delivery: Delivery) -> str | None:
+    def _expired(
+        self, message: Outbound, delivery: Delivery, first_failed: datetime | None
+    ) -> str | None:
         now = datetime.now(UTC)
         if message.expires_at is not None and message.expires_at <= now:
             return f"expiresAt {message.expires_at.isoformat()} has passed"
-        born = delivery.timestamp or _parse_time((delivery.headers or {}).get(H_FIRST_FAILED))
+        born = delivery.timestamp or first_failed
         if born is not None:
             if born.tzinfo is None:
                 born = born.replace(tzinfo=UTC)
@@ -249,30 +344,11 @@ class Pipeline:
 def _tenant_from_key(routing_key: str | None) -> str | None:
     """``outbound.processed.<tenantId>`` -> the tenant, for a body that could not be read."""
     parts = (routing_key or "").split(".", 2)
-    return (parts[2] or None) if len(parts) == 3 else None
+    return headers.text(parts[2], 256) if len(parts) == 3 and parts[2] else None
 
 
-def _deliveries(delivery: Delivery) -> int:
-    headers = delivery.headers
-    # Quorum queues count deliveries themselves.
-    return max(header_int(headers, H_DELIVERIES), header_int(headers, "x-delivery-count"))
-
-
-def _crash_text(deliveries: int) -> str:
+def _crash(deliveries: int) -> str:
     return f"delivered {deliveries} times with no recorded outcome (crash or hang while processing)"
-
-
-def _parse_time(value: object) -> datetime | None:
-    if isinstance(value, bytes):
-        value = value.decode(errors="ignore")
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return None
 
 
 def _describe(exc: BaseException) -> str:

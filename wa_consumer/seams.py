@@ -12,7 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from .delivery import Delivery
 from .message import Outbound
+from .outcomes import Outcome
 
 
 class Claim(StrEnum):
@@ -20,6 +22,7 @@ class Claim(StrEnum):
     ALREADY_SENT = "already_sent"  # ack without sending
     BUSY = "busy"  # another live consumer holds it: come back later
     CRASH_LOOP = "crash_loop"  # claimed too often with no recorded outcome
+    REFUSED = "refused"  # the database cannot hold this message's row: a data problem, dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +55,37 @@ class Record:
 
 
 class Ledger(Protocol):
-    """Claims a message before its send and records its outcome before its ack."""
+    """Claims a message before its send and records its outcome before its ack.
+
+    ``claim`` raises ``LedgerUnavailable`` only for an infrastructure fault (consuming then
+    pauses); a row the database refuses is that message's ``Claim.REFUSED``. ``finish`` never
+    raises: a result that cannot be written now is kept and written when the database is back.
+    """
 
     counts_deliveries: bool  # True: the ledger bounds crash loops (no header counting)
+
+    @property
+    def healthy(self) -> bool:
+        """False since a write failed, until a ping or a write succeeds."""
+        ...
+
+    async def start(self) -> None:
+        """Begin background work (the heartbeat that keeps this consumer's claims alive)."""
+        ...
 
     async def claim(self, message: Outbound) -> Claim: ...
 
     async def finish(
         self, message: Outbound, record: Record, attempts: Sequence[Attempt]
     ) -> None: ...
+
+    async def ping(self) -> bool:
+        """True when the database answers."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is queued (bounded), release this consumer's claims, and stop."""
+        ...
 
 
 class Limiter(Protocol):
@@ -81,11 +106,21 @@ class NullLedger:
     """No ledger: every message is ours to send; nothing is recorded."""
 
     counts_deliveries = False
+    healthy = True
+
+    async def start(self) -> None:
+        return None
 
     async def claim(self, message: Outbound) -> Claim:
         return Claim.CLAIMED
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
         return None
 
 
@@ -100,3 +135,19 @@ class NullLimiter:
 
     def sent(self, phone_number_id: str, recipient: str | None) -> None:
         return None
+
+
+class Settling(Protocol):
+    """Carries out outcomes at the broker (``settle.Settler``; a fake one in tests)."""
+
+    def delivered(self, delivery: Delivery) -> None:
+        """Register a delivery, in delivery order, before anything awaits."""
+        ...
+
+    async def settle(self, delivery: Delivery, outcome: Outcome, *, tenant_id: str | None) -> str:
+        """Carry out ``outcome``; never raises for a broker failure. Returns what happened."""
+        ...
+
+    async def flush(self) -> None:
+        """Write the acks already decided (before the channel closes)."""
+        ...

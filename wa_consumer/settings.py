@@ -2,17 +2,64 @@
 
 Every field is an environment variable with the ``WA_`` prefix, also read from ``.env``.
 ``load_settings`` turns pydantic's report into one line naming the setting.
+
+No secret shows in a repr, a str or that line: tokens and the webhook URL not at all, URLs
+with their password as ``***`` (``safe_url``), static credentials with ``accessToken: ***``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
 
 from .errors import SettingsError
+
+MASK: Final = "***"
+#: Settings that are secrets as a whole: a bad one is named, its value never shown.
+_SECRET_SETTINGS: Final = frozenset(
+    {"WA_TENANT_SERVICE_TOKEN", "WA_STATIC_CREDENTIALS", "WA_ALERT_WEBHOOK_URL"}
+)
+#: A key of a static credential entry whose value is a secret (``accessToken``).
+_SECRET_KEY: Final = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+#: A query parameter naming a secret (asyncpg and redis take ``?password=``): its value.
+_SECRET_QUERY: Final = re.compile(
+    r"(?i)([?&;][^=&#;\s]*(?:pass|secret|token|key)[^=&#;\s]*=)[^&#;\s]*"
+)
+#: ``scheme://user:password@`` anywhere in a line of text: the password.
+_USERINFO: Final = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password, and any query value naming a secret, shown as ``***``.
+
+    yarl's parse where it can; a URL it refuses (several hosts, an unencoded ``/`` or ``#``
+    in the password) or whose ``@`` it did not take as the end of the user info has everything
+    from ``://`` to its last ``@`` masked instead, the user name with it.
+    """
+    try:
+        parsed: URL | None = URL(url)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.password is not None:
+        shown = str(parsed.with_password(MASK))
+    elif "@" not in url.partition("://")[2] or (parsed is not None and parsed.user is not None):
+        shown = url  # no password in it
+    else:
+        shown = re.sub(r"(?s)://.*@", f"://{MASK}@", url, count=1)
+    return _SECRET_QUERY.sub(rf"\g<1>{MASK}", shown)
+
+
+def _masked_entry(entry: object) -> object:
+    """A static credential entry with its secrets (``accessToken``) shown as ``***``."""
+    if not isinstance(entry, Mapping):
+        return MASK
+    return {k: MASK if _SECRET_KEY.search(str(k)) else v for k, v in entry.items()}
 
 
 class Settings(BaseSettings):
@@ -39,6 +86,8 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=4, ge=1, le=100)
     database_statement_timeout_ms: int = Field(default=5000, ge=100)
     claim_lease_seconds: float = Field(default=60.0, gt=0)
+    # Each daemon's heartbeat in the ledger; a claim of one unseen for 3 beats is taken over.
+    ledger_heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
 
     # Cloud API
     graph_api_url: str = "https://graph.facebook.com"
@@ -160,9 +209,39 @@ class Settings(BaseSettings):
     def max_age_ms(self) -> int:
         return int(self.max_message_age_seconds * 1000)
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """pydantic's, secrets masked: ``repr``, ``str`` and rich's repr all come through here.
+
+        The fields keep their types (code reads ``amqp_url`` as a str): only the shown copy is
+        masked. ``SecretStr`` fields mask themselves.
+        """
+        for name, value in super().__repr_args__():
+            if name == "static_credentials" and isinstance(value, Mapping):
+                yield name, {tenant: _masked_entry(entry) for tenant, entry in value.items()}
+            elif name is not None and name.endswith("_url") and isinstance(value, str):
+                yield name, safe_url(value)
+            else:
+                yield name, value
+
 
 def _field_env_name(loc: tuple[int | str, ...]) -> str:
     return "WA_" + str(loc[0]).upper() if loc else "settings"
+
+
+def _shown(name: str, value: object) -> str:
+    """`` (got <value>)`` for a bad value, its password masked; nothing for a secret setting."""
+    if name in _SECRET_SETTINGS or not isinstance(value, str | int | float):
+        return ""
+    if isinstance(value, str):
+        value = safe_url(value)  # a value that is no URL comes out as it went in
+    return f" (got {value!r})"
+
+
+def _scrubbed(line: str, secret: object) -> str:
+    """``line`` with ``secret`` (a bad secret setting's value) and any URL password masked."""
+    if isinstance(secret, str) and len(secret) >= 4 and secret in line:
+        line = line.replace(secret, MASK)
+    return _USERINFO.sub(rf"\g<1>{MASK}", line)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -173,13 +252,15 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         name = _field_env_name(tuple(first["loc"]))
         value = first.get("input")
-        shown = (
-            ""
-            if name in ("WA_TENANT_SERVICE_TOKEN", "WA_STATIC_CREDENTIALS", "WA_ALERT_WEBHOOK_URL")
-            else (f" (got {value!r})" if isinstance(value, str | int | float) else "")
-        )
-        raise SettingsError(f"{name}: {first['msg']}{shown}") from None
+        secret = value if name in _SECRET_SETTINGS else None
+        line = _scrubbed(f"{name}: {first['msg']}{_shown(name, value)}", secret)
     except ValueError as exc:  # pydantic-settings' JSON decoding of list/dict fields
         found = re.search(r'field "(\w+)"', str(exc))
         name = "WA_" + found.group(1).upper() if found else "settings"
-        raise SettingsError(f"{name}: expected JSON ({str(exc).splitlines()[0]})") from None
+        # json's own message names the place, never the text; anything else is not quoted.
+        cause = exc.__cause__
+        why = str(cause) if isinstance(cause, json.JSONDecodeError) else "cannot be decoded"
+        line = _scrubbed(f"{name}: expected JSON ({why})", None)
+    # Raised out here: the exceptions above hold the bad values (tokens among them) and would
+    # stay reachable as its __context__, even with ``from None``.
+    raise SettingsError(line)

@@ -16,23 +16,15 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange
+from aiormq.exceptions import ChannelInvalidStateError
 
+from . import headers as h
 from .acks import AckCoalescer
 from .delivery import Delivery
 from .logs import get_logger
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
 
 log = get_logger("settle")
-
-# The broker's own dead-letter bookkeeping: dropped from every copy we publish, or
-# RabbitMQ's cycle detection and header growth bite.
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
-
-H_RETRY_COUNT = "x-retry-count"
-H_DELIVERIES = "x-deliveries"
-H_FIRST_FAILED = "x-first-failed-at"
-H_ORIGINAL_KEY = "x-original-routing-key"
-H_TENANT = "x-tenant-id"
 
 
 class Settled(StrEnum):
@@ -45,35 +37,15 @@ class Settled(StrEnum):
     HANDED_BACK = "handed_back"  # a confirmed copy waits at the tail of the main queue
     REQUEUED = "requeued"  # the copy was not confirmed: nack(requeue=True)
     LOST_CHANNEL = "lost_channel"  # the channel died first: the broker redelivers it
+    FAILED = "failed"  # a fault of ours while settling: nacked back to its queue
+
+
+# What a broker or channel failure raises; anything else is a bug and is not taken for one.
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, ChannelInvalidStateError)
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def bounded(text: str, limit: int) -> str:
-    """Cut ``text`` to at most ``limit`` UTF-8 bytes, on a character boundary."""
-    raw = text.encode("utf-8", "replace")
-    if len(raw) <= limit:
-        return text
-    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
-
-
-def clean_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
-    """A copy of ``headers`` without the broker's dead-letter bookkeeping."""
-    if not headers:
-        return {}
-    return {k: v for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
-
-
-def header_int(headers: dict[str, Any] | None, name: str) -> int:
-    value = (headers or {}).get(name)
-    if isinstance(value, bytes):
-        value = value.decode(errors="ignore")
-    try:
-        return max(0, int(value)) if value is not None else 0
-    except (TypeError, ValueError):
-        return 0
 
 
 class Settler:
@@ -101,37 +73,50 @@ class Settler:
         """Register a delivery, in delivery order, before anything awaits (see ``acks``)."""
         self.acks.delivered(delivery)
 
+    async def flush(self) -> None:
+        await self.acks.drain()
+
     async def settle(
         self, delivery: Delivery, outcome: Outcome, *, tenant_id: str | None
     ) -> Settled:
-        """Carry out ``outcome``; never raises for a broker failure (the broker keeps the copy)."""
+        """Carry out ``outcome``; never raises (the broker keeps what was not acked)."""
         try:
-            if isinstance(outcome, Delivered | Duplicate):
-                self.acks.ack(delivery)
-                return Settled.ACKED
-            if isinstance(outcome, HandBack | Recount):
-                # A copy at the tail of the main queue, so that a graceful hand-back is not
-                # mistaken for a crash on redelivery; a recount carries the delivery count.
-                headers = clean_headers(delivery.headers)
-                if isinstance(outcome, Recount):
-                    headers[H_DELIVERIES] = outcome.deliveries
-                copy = self._message(delivery, headers)
-                return await self._move(
-                    delivery, copy, self._channel.default_exchange, self._main_queue,
-                    Settled.HANDED_BACK,
-                )  # fmt: skip
-            if isinstance(outcome, Retry):
-                copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
-                return await self._move(
-                    delivery, copy, self._channel.default_exchange, outcome.queue, Settled.RETRIED
-                )
-            if isinstance(outcome, Dead):
-                copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
-                return await self._move(delivery, copy, self._dlx, self._dead_key, Settled.DEAD)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            return await self._settle(delivery, outcome, tenant_id)
+        except _BROKER_ERRORS as exc:
             # The consuming channel is gone: nothing was acked, the broker redelivers.
             log.warning("settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
             return Settled.LOST_CHANNEL
+        except Exception:  # a bug: logged as one, and the message goes back rather than hang
+            log.exception("settle_error", outcome=type(outcome).__name__)
+            try:
+                self.acks.nack(delivery, requeue=True)
+            except _BROKER_ERRORS:
+                return Settled.LOST_CHANNEL
+            return Settled.FAILED
+
+    async def _settle(self, delivery: Delivery, outcome: Outcome, tenant_id: str | None) -> Settled:
+        if isinstance(outcome, Delivered | Duplicate):
+            self.acks.ack(delivery)
+            return Settled.ACKED
+        if isinstance(outcome, HandBack | Recount):
+            # A copy at the tail of the main queue, so that a graceful hand-back is not
+            # mistaken for a crash on redelivery; a recount carries the delivery count.
+            headers = h.carry(delivery.headers)
+            if isinstance(outcome, Recount):
+                headers[h.DELIVERIES] = outcome.deliveries
+            copy = self._message(delivery, headers)
+            return await self._move(
+                delivery, copy, self._channel.default_exchange, self._main_queue,
+                Settled.HANDED_BACK,
+            )  # fmt: skip
+        if isinstance(outcome, Retry):
+            copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
+            return await self._move(
+                delivery, copy, self._channel.default_exchange, outcome.queue, Settled.RETRIED
+            )
+        if isinstance(outcome, Dead):
+            copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
+            return await self._move(delivery, copy, self._dlx, self._dead_key, Settled.DEAD)
         raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
 
     async def _move(
@@ -158,7 +143,7 @@ class Settler:
             confirmation = await exchange.publish(
                 message, routing_key=key, mandatory=True, timeout=self._confirm_timeout
             )
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+        except (*_BROKER_ERRORS, TimeoutError) as exc:
             log.warning("republish_unconfirmed", routing_key=key, error=type(exc).__name__)
             return False
         return isinstance(confirmation, aiormq.spec.Basic.Ack)
@@ -172,23 +157,25 @@ class Settler:
         retry: bool,
     ) -> aio_pika.Message:
         old = delivery.headers or {}
-        headers = clean_headers(old)
-        headers.pop(H_DELIVERIES, None)  # a settled attempt resets the crash-loop count
+        headers = h.carry(old)
+        headers.pop(h.DELIVERIES, None)  # a settled attempt resets the crash-loop count
         failed_at = now_iso()
-        retries = header_int(old, H_RETRY_COUNT)
-        headers[H_RETRY_COUNT] = retries + 1 if retry else retries
-        headers["x-error-category"] = failure.category
-        headers["x-error-code"] = failure.code
-        if failure.subcode is not None:
-            headers["x-error-subcode"] = failure.subcode
+        retries = h.count_or_zero(old, h.RETRY_COUNT)  # a bad one is dead already: invalid
+        headers[h.RETRY_COUNT] = retries + 1 if retry else retries
+        headers[h.ERROR_CATEGORY] = str(failure.category)
+        headers[h.ERROR_CODE] = h.text(str(failure.code), 64)
+        if failure.subcode is not None and -(2**31) <= failure.subcode < 2**31:
+            headers[h.ERROR_SUBCODE] = failure.subcode
         else:
-            headers.pop("x-error-subcode", None)
-        headers["x-error-message"] = bounded(failure.message, self._error_bytes)
-        headers.setdefault(H_FIRST_FAILED, failed_at)
-        headers["x-failed-at"] = failed_at
-        headers.setdefault(H_ORIGINAL_KEY, delivery.routing_key or "")
+            headers.pop(h.ERROR_SUBCODE, None)
+        headers[h.ERROR_MESSAGE] = h.text(failure.message, self._error_bytes)
+        if not isinstance(headers.get(h.FIRST_FAILED), str):
+            headers[h.FIRST_FAILED] = failed_at
+        headers[h.FAILED_AT] = failed_at
+        if not isinstance(headers.get(h.ORIGINAL_KEY), str):
+            headers[h.ORIGINAL_KEY] = h.text(delivery.routing_key or "")
         if tenant_id is not None:
-            headers[H_TENANT] = tenant_id
+            headers[h.TENANT] = h.text(tenant_id)
         return self._message(delivery, headers)
 
     @staticmethod

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wa_consumer.categories import CLOUD_API
 from wa_consumer.classify import (
     BY_CODE,
     TABLE,
@@ -77,7 +78,7 @@ def test_the_table_holds_exactly_the_documented_codes() -> None:
         for first, last in rows:
             documented.update(range(first, last + 1))
     assert set(BY_CODE) == documented
-    assert set(TABLE) == set(Category)
+    assert set(TABLE) == set(CLOUD_API)
 
 
 def test_every_row_names_what_the_code_means() -> None:
@@ -113,6 +114,24 @@ def test_unknown_code_falls_back_on_the_http_status(status: int, category: Categ
     assert classify(api_error(status, 987_654)) is category
     assert classify(api_error(status, None)) is category
     assert classify(api_error(status, 987_654, is_transient=False)) is category
+
+
+def test_a_bare_401_is_auth_so_the_credentials_are_refreshed() -> None:
+    # No Meta body (a proxy's 401, an empty one): the token was refused all the same.
+    bare = GraphApiError("HTTP 401 with an empty body", status=401)
+    assert classify(bare) is A
+    assert rule_for(classify(bare), bare.code, rate_limit_min_delay=60.0).refresh_credentials
+
+
+@pytest.mark.parametrize("is_transient", [None, False, True])
+def test_a_401_with_an_unknown_code_or_none_is_auth(is_transient: bool | None) -> None:
+    assert classify(api_error(401, None, is_transient=is_transient)) is A
+    assert classify(api_error(401, 987_654, is_transient=is_transient)) is A
+
+
+def test_a_401_with_a_known_code_keeps_the_codes_category() -> None:
+    assert classify(api_error(401, 131026)) is P
+    assert classify(api_error(401, 131000)) is T
 
 
 @pytest.mark.parametrize("maybe_sent", [False, True])

@@ -340,31 +340,92 @@ async def test_invalidate_makes_the_next_get_fetch_again(
 ) -> None:
     service.script("acme", (200, creds_body("tok-1")), (200, creds_body("tok-2")))
     cache = CredentialCache(source, ttl=900)
-    assert (await cache.get("acme")).access_token == "tok-1"
-    cache.invalidate("acme")
-    cache.invalidate("never-seen")  # harmless
+    stale = await cache.get("acme")
+    assert stale.access_token == "tok-1"
+    cache.invalidate("acme", stale)
+    cache.invalidate("never-seen", stale)  # harmless
     assert (await cache.get("acme")).access_token == "tok-2"
     assert service.calls["acme"] == 2
 
 
-async def test_a_fetch_under_way_when_invalidated_is_not_cached(
+async def test_invalidating_a_token_already_replaced_keeps_the_new_one(
+    service: FakeTenantService, source: TenantServiceSource
+) -> None:
+    service.script("acme", (200, creds_body("tok-1")), (200, creds_body("tok-2")))
+    cache = CredentialCache(source, ttl=900)
+    stale = await cache.get("acme")
+    cache.invalidate("acme", stale)
+    fresh = await cache.get("acme")
+    cache.invalidate("acme", stale)  # a late 401 of a send that used tok-1
+    assert await cache.get("acme") is fresh
+    assert service.calls["acme"] == 2
+
+
+async def test_a_refetch_that_returns_the_same_token_is_not_dropped_by_late_refusals(
+    service: FakeTenantService, source: TenantServiceSource
+) -> None:
+    service.script("acme", (200, creds_body("tok-1")))  # the service has not rotated yet
+    cache = CredentialCache(source, ttl=900)
+    stale = await cache.get("acme")
+    cache.invalidate("acme", stale)
+    fresh = await cache.get("acme")
+    assert fresh == stale
+    cache.invalidate("acme", stale)
+    assert await cache.get("acme") is fresh
+    assert service.calls["acme"] == 2
+
+
+async def test_invalidate_never_drops_a_fetch_under_way(
     service: FakeTenantService, source: TenantServiceSource
 ) -> None:
     service.script("acme", (200, creds_body("tok-old")), (200, creds_body("tok-new")))
-    service.gate = asyncio.Event()
     cache = CredentialCache(source, ttl=900)
+    stale = await cache.get("acme")
+    cache.invalidate("acme", stale)
+    service.gate = asyncio.Event()
 
     first = asyncio.create_task(cache.get("acme"))
-    await until(lambda: service.calls["acme"] == 1)
-    cache.invalidate("acme")
-    second = asyncio.create_task(cache.get("acme"))  # does not join the stale fetch
     await until(lambda: service.calls["acme"] == 2)
+    cache.invalidate("acme", stale)  # another send refused with tok-old
+    second = asyncio.create_task(cache.get("acme"))  # joins the refetch
+    await until(lambda: cache.misses == 3)
     service.gate.set()
 
-    assert (await first).access_token == "tok-old"
+    assert (await first).access_token == "tok-new"
     assert (await second).access_token == "tok-new"
     assert (await cache.get("acme")).access_token == "tok-new"
     assert service.calls["acme"] == 2
+
+
+class SlowCountingSource:
+    """Answers ``tok-<n>`` for the n-th fetch, after a pause long enough for a crowd to form."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.fetches = 0
+
+    async def fetch(self, tenant_id: str) -> Credentials:
+        self.fetches += 1
+        token = f"tok-{self.fetches}"
+        await asyncio.sleep(self.delay)
+        return Credentials(token, "111", frozenset({"111"}))
+
+
+async def test_concurrent_auth_failures_of_one_token_cost_one_refetch() -> None:
+    source = SlowCountingSource(delay=0.02)
+    cache = CredentialCache(source, ttl=900)
+
+    async def send_refused_then_retry(i: int) -> str:
+        creds = await cache.get("acme")
+        await asyncio.sleep(i % 5 * 0.01)  # the send; some 401s come after the refetch ended
+        cache.invalidate("acme", creds)
+        return (await cache.get("acme")).access_token
+
+    tokens = await asyncio.gather(*(send_refused_then_retry(i) for i in range(50)))
+
+    assert source.fetches == 2  # the first and one refetch
+    assert set(tokens) == {"tok-2"}
+    assert cache.fetches == 2
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(

@@ -333,6 +333,111 @@ async def test_proxy_echoing_the_token_gets_it_redacted(
     assert "Bearer [redacted]" in err.message
 
 
+@pytest.mark.parametrize("at", [150, 180, 190, 195, 199, 200, 230])
+async def test_a_token_across_the_excerpts_end_leaves_no_prefix(
+    client: GraphClient, cloud: FakeCloud, at: int
+) -> None:
+    # A proxy echoes the header at some offset of a long page; the excerpt ends at 200.
+    body = b"x" * at + TOKEN.encode() + b" and more" * 40
+    cloud.respond = answer(502, body, "text/html")
+    err = await send_error(client)
+    assert err.message.startswith("HTTP 502 with a non-JSON body: xxx")
+    assert TOKEN[:6] not in err.message
+
+
+@pytest.mark.parametrize("at", [0, 140, 160, 170])
+async def test_a_token_across_the_excerpts_end_of_a_json_body_leaves_no_prefix(
+    client: GraphClient, cloud: FakeCloud, at: int
+) -> None:
+    cloud.respond = answer(400, {"detail": "x" * at, "echo": f"Bearer {TOKEN}"})
+    err = await send_error(client)
+    assert TOKEN[:6] not in err.message
+
+
+async def test_a_token_with_a_nul_in_it_is_still_redacted(
+    client: GraphClient, cloud: FakeCloud
+) -> None:
+    torn = f"{TOKEN[:10]}\x00{TOKEN[10:]}"
+    cloud.respond = answer(400, meta_error(100, f"bad token {torn}"))
+    err = await send_error(client)
+    assert err.message == "bad token [redacted]"
+
+
+async def test_control_characters_are_stripped_from_meta_error_text(
+    client: GraphClient, cloud: FakeCloud
+) -> None:
+    error = meta_error(131000, "Something\x00 went\x07 wrong\r\n\tsee\x1b[0m", details="a\x00b")
+    error["error"]["fbtrace_id"] = "Az8\x00or2"
+    cloud.respond = answer(500, error)
+    err = await send_error(client)
+    assert err.message == "Something went wrong\n\tsee[0m: ab"
+    assert err.fbtrace_id == "Az8or2"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"bad\x00 gateway\x01", "text/plain"),
+        (b'{"detail": "nul\\u0000 here"}', "application/json"),
+    ],
+)
+async def test_control_characters_are_stripped_from_other_bodies(
+    client: GraphClient, cloud: FakeCloud, body: bytes, content_type: str
+) -> None:
+    cloud.respond = answer(502, body, content_type)
+    err = await send_error(client)
+    assert not any(ord(c) < 32 and c not in "\t\n" for c in err.message), err.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        (2**31 - 1, 2**31 - 1),
+        (-(2**31), -(2**31)),
+        (2**31, None),
+        (-(2**31) - 1, None),
+        (2**62, None),
+        ("2494055", 2494055),
+        (" 463 ", 463),
+        ("99999999999", None),
+        ("--5", None),
+        ("\u00b2", None),  # a digit to str.isdigit, not to int()
+        ("1" * 5000, None),
+        (True, None),
+        (1.5, None),
+    ],
+)
+async def test_codes_outside_32_bits_are_not_kept_as_numbers(
+    client: GraphClient, cloud: FakeCloud, raw: object, kept: int | None
+) -> None:
+    error = meta_error(131000, "odd codes")
+    error["error"]["code"] = raw
+    error["error"]["error_subcode"] = raw
+    cloud.respond = answer(400, error)
+    err = await send_error(client)
+    assert (err.code, err.subcode) == (kept, kept)
+    if isinstance(raw, int) and kept is None and not isinstance(raw, bool):
+        assert f"[code {raw}]" in err.message
+        assert f"[error_subcode {raw}]" in err.message
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"", "application/json"),
+        (b"<html>401 Authorization Required</html>", "text/html"),
+        (b'{"detail": "unauthorized"}', "application/json"),
+    ],
+)
+async def test_a_401_without_a_meta_code_is_an_auth_error(
+    client: GraphClient, cloud: FakeCloud, body: bytes, content_type: str
+) -> None:
+    cloud.respond = answer(401, body, content_type)
+    err = await send_error(client)
+    assert (err.status, err.code) == (401, None)
+    assert classify(err) is Category.AUTH
+
+
 # -- no usable answer ------------------------------------------------------------------------
 
 

@@ -20,16 +20,16 @@ from typing import Any
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-H_CATEGORY = "x-error-category"
-H_CODE = "x-error-code"
-H_SUBCODE = "x-error-subcode"
-H_MESSAGE = "x-error-message"
-H_FAILED = "x-failed-at"
-H_FIRST_FAILED = "x-first-failed-at"
-H_ORIGINAL_KEY = "x-original-routing-key"
-H_TENANT = "x-tenant-id"
-H_RETRY_COUNT = "x-retry-count"
-H_REPLAY_COUNT = "x-replay-count"
+from ..headers import ERROR_CATEGORY as H_CATEGORY
+from ..headers import ERROR_CODE as H_CODE
+from ..headers import ERROR_MESSAGE as H_MESSAGE
+from ..headers import ERROR_SUBCODE as H_SUBCODE
+from ..headers import FAILED_AT as H_FAILED
+from ..headers import FIRST_FAILED as H_FIRST_FAILED
+from ..headers import ORIGINAL_KEY as H_ORIGINAL_KEY
+from ..headers import REPLAY_COUNT as H_REPLAY_COUNT
+from ..headers import RETRY_COUNT as H_RETRY_COUNT
+from ..headers import TENANT as H_TENANT
 
 UNREADABLE = "(unreadable)"
 
@@ -124,6 +124,10 @@ class DeadRecord:
     replay_count: int
     routing_key: str | None
     fingerprint: str = field(default="")
+    # The tenant the daemon keyed its ledger record by: the body's metadata.tenantId, else
+    # the x-tenant-id header; None when neither is readable (``tenant`` may then hold a guess
+    # from the routing key, good enough to show and filter, not to pick a ledger record).
+    ledger_tenant: str | None = None
 
     def ids(self) -> set[str]:
         return {i for i in (self.internal_id, self.message_id) if i}
@@ -131,6 +135,8 @@ class DeadRecord:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__slots__:
+            if name == "ledger_tenant":
+                continue  # ``tenant`` is the one people read
             value = getattr(self, name)
             out[name] = value.isoformat() if isinstance(value, datetime) else value
         return out
@@ -166,7 +172,11 @@ def describe(delivery: AbstractIncomingMessage, position: int) -> DeadRecord:
     original_key = _text(headers.get(H_ORIGINAL_KEY)) or (
         _text(keys[0]) if isinstance(keys, list) and keys else None
     )
-    tenant = _text(headers.get(H_TENANT)) or _text(metadata.get("tenantId"))
+    header_tenant = _text(headers.get(H_TENANT)) or None
+    body_tenant = metadata.get("tenantId")
+    # The daemon keys its ledger by the body's tenant; the header is the daemon's copy of it.
+    ledger_tenant = body_tenant if isinstance(body_tenant, str) and body_tenant else header_tenant
+    tenant = header_tenant or _text(body_tenant)
     if tenant is None and original_key and "." in original_key:
         tenant = original_key.rsplit(".", 1)[-1]
     subcode = headers.get(H_SUBCODE)
@@ -188,6 +198,7 @@ def describe(delivery: AbstractIncomingMessage, position: int) -> DeadRecord:
         replay_count=_int(headers.get(H_REPLAY_COUNT)),
         routing_key=original_key,
         fingerprint=fingerprint(category, code, text),
+        ledger_tenant=ledger_tenant,
     )
 
 

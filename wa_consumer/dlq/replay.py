@@ -9,7 +9,8 @@ through the default exchange, so no other queue bound to the exchange gets a sec
 Its ``timestamp`` is the replay's: the daemon measures a message's maximum age from it, and
 an operator replaying after a fix has decided to send again (a producer's own deadline,
 ``expiresAt`` in the body, still holds). The ledger needs no change: the daemon claims any
-message it does not record as sent, so a dead one is claimed again.
+message it does not record as sent, so a dead one is claimed again. The ledger is asked by
+(tenant, internalId): another tenant's sent message with the same id does not hold one back.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from ..settle import H_DELIVERIES, clean_headers, now_iso
+from .. import headers as h
+from ..settle import now_iso
 from .filters import Filter
-from .ledger import DlqLedger, NoLedger
-from .record import H_REPLAY_COUNT, H_RETRY_COUNT, describe
+from .ledger import DlqLedger, NoLedger, ledger_key
+from .record import describe
 from .sweep import (
     DROP,
     KEEP,
@@ -50,10 +52,10 @@ _SAMPLE = 20  # messages a dry run names
 
 def replay_message(delivery: AbstractIncomingMessage, replays: int) -> aio_pika.Message:
     """The copy that goes back to the main queue (see the module docstring)."""
-    headers = clean_headers(delivery.headers)
-    headers.pop(H_DELIVERIES, None)
-    headers[H_RETRY_COUNT] = 0
-    headers[H_REPLAY_COUNT] = replays + 1
+    headers = h.carry(delivery.headers)
+    headers.pop(h.DELIVERIES, None)
+    headers[h.RETRY_COUNT] = 0
+    headers[h.REPLAY_COUNT] = replays + 1
     headers[H_REPLAYED_AT] = now_iso()
     return aio_pika.Message(
         delivery.body,
@@ -143,11 +145,11 @@ async def replay(
                     summary.skipped[SKIP_REPLAY_LIMIT] += 1
                 else:
                     chosen.append(i)
-        sent = await ledger.sent([records[i].internal_id or "" for i in chosen])
+        sent = await ledger.sent([ledger_key(records[i]) for i in chosen])
         actions: list[Action] = [KEEP] * len(batch)
         for i in chosen:
             record = records[i]
-            if record.internal_id in sent:
+            if ledger_key(record) in sent:
                 summary.skipped[SKIP_ALREADY_SENT] += 1
             elif limit is not None and summary.replayed >= limit:
                 summary.skipped[SKIP_LIMIT] += 1
@@ -221,8 +223,8 @@ async def purge(
         records = [describe(d, first + i) for i, d in enumerate(batch)]
         actions: list[Action] = [DROP if selection.matches(r) else KEEP for r in records]
         gone = [r for r, a in zip(records, actions, strict=True) if a is DROP]
-        ids = sorted({r.internal_id for r in gone if r.internal_id})
-        summary.resolved += await ledger.resolve(ids, reason)
+        keys = list(dict.fromkeys(ledger_key(r) for r in gone if r.internal_id))
+        summary.resolved += await ledger.resolve(keys, reason)
         summary.removed += len(gone)
         summary.by_category.update(r.category for r in gone)
         return actions

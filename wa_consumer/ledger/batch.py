@@ -17,9 +17,11 @@ R = TypeVar("R")  # result
 class Batcher(Generic[I, R]):
     """Calls ``write(items)`` with everything submitted since the last call.
 
-    ``write`` returns one result per item. When it raises, the items ``keep`` is true of are
-    kept and written again later (results that must not be lost, such as a send that Meta
-    accepted); the waiters of the others get the error.
+    ``write`` returns one result per item. When it raises an error ``transient`` is true of
+    (the database away), the items ``keep`` is true of are kept and written again later
+    (results that must not be lost, such as a send that Meta accepted); the waiters of the
+    others get the error. Any other error goes to every waiter of the batch: nothing is kept
+    that could fail every later batch again.
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class Batcher(Generic[I, R]):
         max_batch: int = 500,
         concurrency: int = 2,
         keep: Callable[[I], bool] | None = None,
+        transient: Callable[[BaseException], bool] = lambda exc: True,
         retry_interval: float = 1.0,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -36,6 +39,7 @@ class Batcher(Generic[I, R]):
         self._max = max_batch
         self._slots = concurrency
         self._keep = keep
+        self._transient = transient
         self._retry_interval = retry_interval
         self._on_error = on_error
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
@@ -63,12 +67,17 @@ class Batcher(Generic[I, R]):
         retry = False
         try:
             results = await self._write([item for item, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - any database error fails or keeps the batch
-            if self._on_error is not None:
+        except asyncio.CancelledError:
+            # Stopped mid-write (by ``close``): what must be kept goes back, for ``close`` to name.
+            self._pending[:0] = [(i, f) for i, f in batch if self._keep and self._keep(i)]
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error fails or keeps the batch
+            transient = self._transient(exc)
+            if self._on_error is not None and transient:
                 self._on_error(exc)
             kept = []
             for item, future in batch:
-                if self._keep is not None and self._keep(item):
+                if transient and self._keep is not None and self._keep(item):
                     if not future.cancelled():
                         kept.append((item, future))
                 elif not future.done():
@@ -86,12 +95,24 @@ class Batcher(Generic[I, R]):
             await asyncio.sleep(self._retry_interval)
         self._kick()
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Wait for what is queued to be written (up to ``grace`` seconds), then stop."""
+    async def close(self, grace: float = 5.0) -> list[I]:
+        """Wait for what is queued to be written (up to ``grace`` seconds), then stop.
+
+        Returns the items that were never written (kept through an outage that outlasted the
+        grace), so the caller can say which.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self._tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(set(self._tasks), timeout=left)
+        while (self._tasks or self._pending) and (left := deadline - loop.time()) > 0:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=left)
+            else:
+                await asyncio.sleep(min(left, 0.05))
+                self._kick()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        left_over, self._pending = self._pending, []
+        for _, future in left_over:
+            future.cancel()
+        return [item for item, _ in left_over]

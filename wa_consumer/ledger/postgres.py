@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,42 +38,76 @@ log = get_logger("ledger")
 # row is parsed again for every field taken from it, which cost PostgreSQL a third more.
 _WRITE = """
 WITH attempts AS (
-    INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome, http_status,
-        code, subcode, category, message, ambiguous, consumer)
-    SELECT a->>0, (a->>1)::int, (a->>2)::timestamptz, (a->>3)::real, a->>4, (a->>5)::int,
-        a->>6, (a->>7)::int, a->>8, a->>9, (a->>10)::bool, $4
+    INSERT INTO wa_attempts (tenant_id, internal_id, attempt, started_at, latency_ms, outcome,
+        http_status, code, subcode, category, message, ambiguous, consumer)
+    SELECT a->>0, a->>1, (a->>2)::int, (a->>3)::timestamptz, (a->>4)::real, a->>5,
+        (a->>6)::int, a->>7, (a->>8)::int, a->>9, a->>10, (a->>11)::bool, $4
     FROM jsonb_array_elements($2::jsonb) AS a
 ), finished AS (
     UPDATE wa_messages m SET
-        status = f->>1,
-        wamid = COALESCE(f->>2, m.wamid),
-        retries = (f->>3)::int,
-        last_error_code = COALESCE(f->>4, m.last_error_code),
-        last_error_category = COALESCE(f->>5, m.last_error_category),
-        last_error_message = COALESCE(f->>6, m.last_error_message),
-        next_attempt_at = now() + make_interval(secs => (f->>7)::float8),
-        sent_at = CASE WHEN f->>1 = 'sent' THEN now() ELSE m.sent_at END,
+        status = f->>2,
+        wamid = COALESCE(f->>3, m.wamid),
+        retries = (f->>4)::int,
+        last_error_code = COALESCE(f->>5, m.last_error_code),
+        last_error_category = COALESCE(f->>6, m.last_error_category),
+        last_error_message = COALESCE(f->>7, m.last_error_message),
+        next_attempt_at = now() + make_interval(secs => (f->>8)::float8),
+        sent_at = CASE WHEN f->>2 = 'sent' THEN now() ELSE m.sent_at END,
         deliveries = 0, claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
     FROM jsonb_array_elements($1::jsonb) AS f
-    WHERE m.internal_id = f->>0 AND (m.status <> 'sent' OR f->>1 = 'sent')
+    WHERE m.tenant_id = f->>0 AND m.internal_id = f->>1
+      AND (m.status <> 'sent' OR f->>2 = 'sent')
+      -- Only while the claim is still ours; a send Meta accepted is recorded whoever holds it.
+      AND (m.claimed_by = $4 OR m.claimed_by IS NULL OR f->>2 = 'sent')
 )
-INSERT INTO wa_messages AS m (internal_id, tenant_id, phone_number_id, recipient, type,
+INSERT INTO wa_messages AS m (tenant_id, internal_id, phone_number_id, recipient, type,
     metadata, status, claimed_by, claim_expires_at, deliveries)
 SELECT c->>0, c->>1, c->>2, c->>3, c->>4, NULLIF(c->5, 'null'),
     'claimed', $4, now() + make_interval(secs => $5), 1
 FROM jsonb_array_elements($3::jsonb) AS c
-ON CONFLICT (internal_id) DO UPDATE SET
+ON CONFLICT (tenant_id, internal_id) DO UPDATE SET
     status = 'claimed', claimed_by = EXCLUDED.claimed_by,
     claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
     updated_at = now()
 WHERE m.status <> 'sent'
+  -- Held by another consumer: only while its lease runs and it is alive (its heartbeat is
+  -- recent). A consumer killed with its claims is taken over within seconds.
   AND NOT (m.status = 'claimed' AND m.claim_expires_at > now()
-           AND m.claimed_by <> EXCLUDED.claimed_by)
-RETURNING m.internal_id, m.deliveries
+           AND m.claimed_by <> EXCLUDED.claimed_by
+           AND EXISTS (SELECT 1 FROM wa_consumers c WHERE c.id = m.claimed_by
+                       AND c.seen_at > now() - make_interval(secs => $6)))
+RETURNING m.tenant_id, m.internal_id, m.deliveries
 """
 
-# Only for the ids a claim did not get (rare): sent already, or held by another consumer.
-_STATUS = "SELECT internal_id, status FROM wa_messages WHERE internal_id = ANY($1::text[])"
+# Only for the keys a claim did not get (rare): sent already, or held by another consumer.
+_STATUS = """
+SELECT m.tenant_id, m.internal_id, m.status FROM wa_messages m
+JOIN unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
+  ON m.tenant_id = k.tenant_id AND m.internal_id = k.internal_id
+"""
+
+_HEARTBEAT = """
+INSERT INTO wa_consumers (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET seen_at = now()
+"""
+_FORGET_OLD = "DELETE FROM wa_consumers WHERE seen_at < now() - interval '1 day'"
+_GONE = "DELETE FROM wa_consumers WHERE id = $1"
+
+#: Errors that say the database is away or overloaded: consuming pauses, results are kept.
+_OUTAGE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
+#: Errors that say one row cannot be stored: that message's own problem, found by splitting.
+_DATA = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+    orjson.JSONEncodeError,
+)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGE) and not isinstance(exc, _DATA)
+
+
+Key = tuple[str, str]  # (tenant_id, internal_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +161,25 @@ class PostgresLedger:
         lease_seconds: float = 60.0,
         max_deliveries: int = 5,
         finish_timeout: float = 5.0,
+        heartbeat_seconds: float = 2.0,
     ) -> None:
         self._pool = pool
         self._lease = lease_seconds
         self._max_deliveries = max_deliveries
         self._finish_timeout = finish_timeout
+        self._heartbeat_every = heartbeat_seconds
+        # A consumer unseen for this long is gone: its claims may be taken over.
+        self._liveness = max(3 * heartbeat_seconds, 1.0)
+        self._heartbeat: asyncio.Task[None] | None = None
         self.consumer = consumer_id()
-        # Ids this process holds a claim on now. A claim of our own that is in the database but
+        # Keys this process holds a claim on now. A claim of our own that is in the database but
         # not here (its answer was lost in an outage) may be taken again at once, no lease wait.
-        self._active: set[str] = set()
+        self._active: set[Key] = set()
         self._healthy = True
         # Claims fail fast in an outage (the message goes back to the queue); a finish is kept
         # and written when the database is back.
         self._writes: Batcher[Outbound | _Finish, Claim | None] = Batcher(
-            self._write, keep=_is_finish, on_error=self._down
+            self._write, keep=_is_finish, transient=_is_outage, on_error=self._down
         )
 
     @classmethod
@@ -167,16 +208,35 @@ class PostgresLedger:
                 if applied:
                     log.info("ledger_migrated", applied=applied)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"cannot open the ledger: {exc}") from None
+            raise LedgerUnavailable(f"cannot open the ledger: {_no_secrets(exc)}") from None
         return cls(pool, **kwargs)
 
     @property
     def healthy(self) -> bool:
         return self._healthy
 
+    async def start(self) -> None:
+        """Say this consumer is alive now, and keep saying it."""
+        await self._beat(first=True)
+        self._heartbeat = asyncio.create_task(self._beating(), name="ledger-heartbeat")
+
+    async def _beating(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_every)
+            await self._beat()
+
+    async def _beat(self, *, first: bool = False) -> None:
+        try:
+            async with asyncio.timeout(max(self._heartbeat_every, 2.0)):
+                await self._pool.execute(_HEARTBEAT, self.consumer)
+                if first:
+                    await self._pool.execute(_FORGET_OLD)
+        except _OUTAGE as exc:
+            log.debug("ledger_heartbeat_failed", error=type(exc).__name__)
+
     def _down(self, exc: BaseException) -> None:
         if self._healthy:
-            log.error("ledger_unreachable", error=f"{type(exc).__name__}: {exc}"[:300])
+            log.error("ledger_unreachable", error=_no_secrets(exc))
         self._healthy = False
 
     async def ping(self) -> bool:
@@ -184,7 +244,7 @@ class PostgresLedger:
         try:
             async with asyncio.timeout(2):
                 await self._pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except _OUTAGE:
             return False
         if not self._healthy:
             log.info("ledger_reachable")
@@ -192,88 +252,178 @@ class PostgresLedger:
         return True
 
     async def claim(self, message: Outbound) -> Claim:
-        key = message.internal_id
+        key = (message.tenant_id, message.internal_id)
         if key in self._active:
             return Claim.BUSY  # a copy of a message this process is handling right now
         self._active.add(key)
         try:
             claim = await self._writes.submit(message)
-        except Exception as exc:
+        except BaseException as exc:
             self._active.discard(key)
-            if isinstance(exc, LedgerUnavailable):
-                raise
-            raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
+            if _is_outage(exc):
+                raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
+            raise
         assert claim is not None  # a claim's result is always a Claim
         if claim is not Claim.CLAIMED and claim is not Claim.CRASH_LOOP:
             self._active.discard(key)
         return claim
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
+        key = (message.tenant_id, message.internal_id)
         future = self._writes.submit(_Finish(message, record, attempts))
         # Held until the outcome is written: until then the row still shows our claim.
-        future.add_done_callback(lambda _: self._active.discard(message.internal_id))
+        future.add_done_callback(lambda _: self._active.discard(key))
         try:
             await asyncio.wait_for(asyncio.shield(future), self._finish_timeout)
         except TimeoutError:
             # Kept in the batch and written when the database is back; the message is settled
             # now so the broker is not held up by the ledger.
             log.warning("ledger_finish_deferred", internal_id=message.internal_id)
+        except Exception as exc:  # noqa: BLE001 - never raises: the message is settled anyway
+            log.error(
+                "ledger_finish_failed",
+                tenant_id=message.tenant_id,
+                internal_id=message.internal_id,
+                status=record.status,
+                error=_no_secrets(exc),
+            )
 
     async def _write(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
+        """Write a batch; a row the database refuses is found by halving, and only it fails."""
+        try:
+            return await self._statement(items)
+        except _DATA as exc:
+            if len(items) > 1:
+                half = len(items) // 2
+                return [*await self._write(items[:half]), *await self._write(items[half:])]
+            return [await self._refused(items[0], exc)]
+
+    async def _refused(self, item: Outbound | _Finish, exc: BaseException) -> Claim | None:
+        """The one row the database cannot take: a claim is that message's ``REFUSED``; a
+        result is written again without its texts, the outcome itself never lost."""
+        if not isinstance(item, _Finish):
+            log.warning(
+                "ledger_refused_claim",
+                tenant_id=item.tenant_id,
+                internal_id=item.internal_id,
+                error=_no_secrets(exc),
+            )
+            return Claim.REFUSED
+        r = item.record
+        plain = _Finish(item.message, Record(r.status, r.retries, r.wamid, next_in=r.next_in), ())
+        log.error(
+            "ledger_refused_result",
+            tenant_id=item.message.tenant_id,
+            internal_id=item.message.internal_id,
+            status=r.status,
+            error=_no_secrets(exc),
+        )
+        try:
+            await self._statement([plain])
+        except _DATA:
+            log.error("ledger_result_dropped", internal_id=item.message.internal_id)
+        return None
+
+    async def _statement(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
         finishes = [i for i in items if isinstance(i, _Finish)]
         claims = [i for i in items if not isinstance(i, _Finish)]
-        # One claim per internalId per statement: ON CONFLICT cannot touch a row twice.
-        unique = list({m.internal_id: m for m in reversed(claims)}.values())
+        # One claim per key per statement: ON CONFLICT cannot touch a row twice.
+        unique = list({(m.tenant_id, m.internal_id): m for m in reversed(claims)}.values())
         finished = [
-            (f.message.internal_id, r.status, r.wamid, r.retries, r.code, r.category, r.message,
-             r.next_in)
+            (f.message.tenant_id, f.message.internal_id, r.status, r.wamid, r.retries, r.code,
+             r.category, _clean(r.message), r.next_in)
             for f in finishes
             for r in (f.record,)
         ]  # fmt: skip
         attempts = [
-            (f.message.internal_id, a.number, a.started_at, a.latency_ms, a.outcome,
-             a.http_status, a.code, a.subcode, a.category, a.message, a.ambiguous)
+            (f.message.tenant_id, f.message.internal_id, a.number, a.started_at, a.latency_ms,
+             a.outcome, a.http_status, a.code, _int32(a.subcode), a.category, _clean(a.message),
+             a.ambiguous)
             for f in finishes
             for a in f.attempts
         ]  # fmt: skip
         claimed = [
-            (m.internal_id, m.tenant_id, m.phone_number_id, m.to, m.type, m.extra or None)
+            (m.tenant_id, m.internal_id, m.phone_number_id, m.to, m.type, m.extra or None)
             for m in unique
         ]
         rows = await self._pool.fetch(
-            _WRITE, _json(finished), _json(attempts), _json(claimed), self.consumer, self._lease
+            _WRITE,
+            _json(finished),
+            _json(attempts),
+            _json(claimed),
+            self.consumer,
+            self._lease,
+            self._liveness,
         )
         self._healthy = True
         verdict = await self._verdicts(unique, rows) if unique else {}
         out: list[Claim | None] = []
-        seen: set[str] = set()
+        seen: set[Key] = set()
         for item in items:
             if isinstance(item, _Finish):
                 out.append(None)
                 continue
+            key = (item.tenant_id, item.internal_id)
             # A second copy in the same batch waits for the first.
-            out.append(Claim.BUSY if item.internal_id in seen else verdict[item.internal_id])
-            seen.add(item.internal_id)
+            out.append(Claim.BUSY if key in seen else verdict[key])
+            seen.add(key)
         return out
 
     async def _verdicts(
         self, claimed: Sequence[Outbound], rows: Sequence[asyncpg.Record]
-    ) -> dict[str, Claim]:
-        verdict: dict[str, Claim] = {
-            row["internal_id"]: (
+    ) -> dict[Key, Claim]:
+        verdict: dict[Key, Claim] = {
+            (row["tenant_id"], row["internal_id"]): (
                 Claim.CRASH_LOOP if row["deliveries"] > self._max_deliveries else Claim.CLAIMED
             )
             for row in rows
         }
         if len(verdict) < len(claimed):
-            missed = [m.internal_id for m in claimed if m.internal_id not in verdict]
-            for row in await self._pool.fetch(_STATUS, missed):
+            missed = [(m.tenant_id, m.internal_id) for m in claimed]
+            missed = [k for k in missed if k not in verdict]
+            tenants, ids = [k[0] for k in missed], [k[1] for k in missed]
+            for row in await self._pool.fetch(_STATUS, tenants, ids):
                 sent = row["status"] == "sent"
-                verdict[row["internal_id"]] = Claim.ALREADY_SENT if sent else Claim.BUSY
-            for internal_id in missed:
-                verdict.setdefault(internal_id, Claim.BUSY)
+                key = (row["tenant_id"], row["internal_id"])
+                verdict[key] = Claim.ALREADY_SENT if sent else Claim.BUSY
+            for key in missed:
+                verdict.setdefault(key, Claim.BUSY)
         return verdict
 
-    async def close(self) -> None:
-        await self._writes.close()
+    async def close(self, grace: float = 5.0) -> None:
+        """Write what is queued (up to ``grace``), say so of what could not be, and leave."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        lost = [i for i in await self._writes.close(grace) if isinstance(i, _Finish)]
+        if lost:
+            log.error(
+                "ledger_results_unwritten",
+                count=len(lost),
+                reason="the database did not come back before exit; the messages are settled",
+                results=[
+                    f"{f.message.tenant_id}/{f.message.internal_id}:{f.record.status}"
+                    for f in lost[:100]
+                ],
+            )
+        else:
+            # No claim of ours is left open: nobody needs to wait for this consumer's lease.
+            with suppress(*_OUTAGE):
+                async with asyncio.timeout(2):
+                    await self._pool.execute(_GONE, self.consumer)
         await self._pool.close()
+
+
+def _clean(text: str | None) -> str | None:
+    """PostgreSQL's text refuses NUL; everything else is kept."""
+    return text.replace("\x00", "") if text and "\x00" in text else text
+
+
+def _int32(value: int | None) -> int | None:
+    return value if value is not None and -(2**31) <= value < 2**31 else None
+
+
+def _no_secrets(exc: BaseException) -> str:
+    """An error line without what a DSN may carry (asyncpg quotes neither, but be sure)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return re.sub(r"://([^:/@\s]+):[^@/\s]+@", r"://\1:***@", text)[:300]
