@@ -103,22 +103,51 @@ def prune_command(
 
 def status_command(
     internal_id: Annotated[str, typer.Argument(help="The message's metadata.internalId.")],
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            metavar="TENANT",
+            help="The message's tenantId; needed with --json when several tenants use this id.",
+        ),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """The ledger's record of one message and its attempts."""
+    """The ledger's record of one message and its attempts.
+
+    The ledger keeps one record per (tenant, internalId). Without --tenant, the tables show
+    every tenant's record of the id; --json prints one object, so it asks for --tenant when
+    the id is ambiguous rather than change its shape.
+    """
     from .cli import fail
     from .ledger.queries import message_status
 
     url = _database_url()
-    record = _on_ledger(url, lambda connection: message_status(connection, internal_id))
-    if record is None:
-        raise fail(f"no message {internal_id!r} in the ledger", 1)
+    records = _on_ledger(url, lambda connection: message_status(connection, internal_id, tenant))
+    if not records:
+        of = f" of tenant {tenant!r}" if tenant is not None else ""
+        raise fail(f"no message {internal_id!r}{of} in the ledger", 1)
     if json_:
+        if len(records) > 1:
+            raise fail(_ambiguous(internal_id, records), 2)
         import orjson
 
-        typer.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
-    else:
+        typer.echo(orjson.dumps(records[0], option=orjson.OPT_INDENT_2).decode())
+        return
+    if len(records) > 1:
+        typer.echo(f"{len(records)} tenants use internalId {internal_id!r}; --tenant shows one")
+    for n, record in enumerate(records):
+        if n:
+            typer.echo()
         _show(record)
+
+
+def _ambiguous(internal_id: str, records: list[dict[str, Any]]) -> str:
+    tenants = ", ".join(repr(r["tenant_id"]) for r in records)
+    return (
+        f"{len(records)} tenants have a message {internal_id!r} in the ledger ({tenants}); "
+        "choose one with --tenant"
+    )
 
 
 # The readable view. Values are wrapped in Text so that brackets in error messages or
@@ -187,7 +216,7 @@ def _show(record: dict[str, Any]) -> None:
     if not console.is_terminal:
         # Piped into grep or a file: keep a wamid on one line instead of breaking it at 80.
         console = Console(highlight=False, width=_PIPED_WIDTH)
-    title = Text(f"message {record['internal_id']}")
+    title = Text(f"message {record['internal_id']} of tenant {record['tenant_id']}")
     message = Table(title=title, show_header=False, title_justify="left")
     message.add_column(style="bold", no_wrap=True)
     # fold: a long wamid breaks at the edge instead of being cut off with an ellipsis.

@@ -80,6 +80,9 @@ def build_policy(settings: Settings, topology: Topology) -> Policy:
         max_message_bytes=settings.max_message_bytes,
         max_deliveries=settings.max_deliveries,
         throttle_delay=settings.throttle_requeue_seconds,
+        # Held by another consumer: the short wait too. A holder killed with -9 is known gone
+        # within three heartbeats, and its messages should go out within seconds, not a step.
+        busy_delay=settings.throttle_requeue_seconds,
     )
 
 

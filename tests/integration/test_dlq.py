@@ -113,23 +113,28 @@ async def kill(broker: Broker, tenant: str, category: str, code: str, **kw: Any)
     internal_id = kw.pop("internal_id", None) or str(uuid.uuid4())
     body = orjson.dumps(text_message(tenant, kw.pop("to", "27820001234"), internal_id=internal_id))
     message = kw.pop("message", f"({code}) failed for {internal_id}")
+    await bury(broker, body, dead_headers(category, code, message, tenant, **kw), internal_id)
+    return internal_id
+
+
+async def bury(broker: Broker, body: bytes, headers: dict[str, Any], message_id: str) -> None:
+    """Publish ``body`` with ``headers`` straight into the DLQ (through the DLX)."""
     channel = await broker.connection.channel(publisher_confirms=True)
     try:
         exchange = await channel.get_exchange(broker.settings.dead_letter_exchange)
         await exchange.publish(
             aio_pika.Message(
                 body,
-                headers=dead_headers(category, code, message, tenant, **kw),
+                headers=headers,
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=internal_id,
+                message_id=message_id,
             ),
             routing_key=broker.settings.dead_routing_key,
             mandatory=True,
         )
     finally:
         await channel.close()
-    return internal_id
 
 
 def id_of(message: AbstractIncomingMessage) -> str:
@@ -155,10 +160,13 @@ async def ledger(database: str) -> AsyncIterator[asyncpg.Connection[Any]]:
         await connection.close()
 
 
-async def add_row(connection: asyncpg.Connection[Any], internal_id: str, status: str) -> None:
+async def add_row(
+    connection: asyncpg.Connection[Any], internal_id: str, status: str, tenant: str = "acme"
+) -> None:
     await connection.execute(
-        "INSERT INTO wa_messages (internal_id, tenant_id, status) VALUES ($1, 'acme', $2)",
+        "INSERT INTO wa_messages (internal_id, tenant_id, status) VALUES ($1, $2, $3)",
         internal_id,
+        tenant,
         status,
     )
 
@@ -492,6 +500,61 @@ async def test_a_message_the_ledger_records_as_sent_is_not_replayed(
     assert await ids_in(broker, settings.dead_letter_queue) == [sent]
 
 
+def tenant_of(message: AbstractIncomingMessage) -> str:
+    return str(orjson.loads(message.body)["metadata"]["tenantId"])
+
+
+async def test_another_tenants_sent_message_with_the_same_id_does_not_hold_a_replay_back(
+    dead_letters: Broker, ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    broker, settings = dead_letters, dead_letters.settings
+    shared = str(uuid.uuid4())
+    await add_row(ledger, shared, "sent", tenant="acme")
+    await add_row(ledger, shared, "dead", tenant="globex")
+    for tenant in ("acme", "globex"):
+        await kill(broker, tenant, "retries_exhausted", "131016", internal_id=shared)
+
+    summary = await dlq_json(settings, tmp_path, "replay", database=database)
+
+    assert (summary["replayed"], summary["skipped"]) == (1, {"already sent": 1})
+    assert [tenant_of(m) for m in await broker.drain(settings.queue)] == ["globex"]
+    assert [tenant_of(m) for m in await broker.drain(settings.dead_letter_queue)] == ["acme"]
+
+
+async def test_replay_reads_the_tenant_from_the_body_when_the_headers_have_none(
+    dead_letters: Broker, ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    """As a message the broker dead-lettered by itself (its TTL ran out) arrives."""
+    broker, settings = dead_letters, dead_letters.settings
+    shared = str(uuid.uuid4())
+    await add_row(ledger, shared, "sent", tenant="acme")
+    for tenant in ("acme", "globex"):
+        body = orjson.dumps(text_message(tenant, "27820001234", internal_id=shared))
+        await bury(broker, body, {}, shared)
+
+    summary = await dlq_json(settings, tmp_path, "replay", database=database)
+
+    assert (summary["replayed"], summary["skipped"]) == (1, {"already sent": 1})
+    assert [tenant_of(m) for m in await broker.drain(settings.queue)] == ["globex"]
+    assert [tenant_of(m) for m in await broker.drain(settings.dead_letter_queue)] == ["acme"]
+
+
+async def test_a_message_with_no_readable_tenant_is_not_replayed_if_any_tenant_sent_its_id(
+    dead_letters: Broker, ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    broker, settings = dead_letters, dead_letters.settings
+    sent, unknown = str(uuid.uuid4()), str(uuid.uuid4())
+    await add_row(ledger, sent, "sent", tenant="acme")
+    for internal_id in (sent, unknown):
+        await bury(broker, b"{not json", {}, internal_id)  # neither body nor header names one
+
+    summary = await dlq_json(settings, tmp_path, "replay", database=database)
+
+    assert (summary["replayed"], summary["skipped"]) == (1, {"already sent": 1})
+    assert [m.message_id for m in await broker.drain(settings.queue)] == [unknown]
+    assert [m.message_id for m in await broker.drain(settings.dead_letter_queue)] == [sent]
+
+
 # -- purge ---------------------------------------------------------------------------------
 
 
@@ -532,6 +595,39 @@ async def test_purge_removes_only_its_filter_and_records_the_reason(
     )
     resolution = {r["internal_id"]: r["resolution"] for r in rows}
     assert resolution == {ids[0]: reason, ids[1]: None, ids[2]: None, ids[3]: reason}
+
+
+async def test_purge_records_its_reason_on_that_tenants_record_alone(
+    dead_letters: Broker, ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    broker, settings = dead_letters, dead_letters.settings
+    shared, nameless = str(uuid.uuid4()), str(uuid.uuid4())
+    for tenant in ("acme", "globex"):
+        await add_row(ledger, shared, "dead", tenant=tenant)
+        await add_row(ledger, nameless, "dead", tenant=tenant)
+    await kill(broker, "globex", "permanent", "131026", internal_id=shared)
+    await bury(broker, b"{not json", {}, nameless)  # no tenant to tell its record by
+
+    reason = "bad template (ticket OPS-31)"
+    code, out, err = await dlq(
+        settings, tmp_path, "purge", "--yes", "--reason", reason, database=database
+    )
+
+    assert code == 0, err
+    assert "removed 2 of 2" in out
+    assert f"reason recorded in the ledger for 1: {reason}" in out
+    rows = await ledger.fetch(
+        "SELECT tenant_id, internal_id, resolution FROM wa_messages"
+        " WHERE internal_id = ANY($1::text[])",
+        [shared, nameless],
+    )
+    resolution = {(r["tenant_id"], r["internal_id"]): r["resolution"] for r in rows}
+    assert resolution == {
+        ("acme", shared): None,
+        ("globex", shared): reason,
+        ("acme", nameless): None,
+        ("globex", nameless): None,
+    }
 
 
 async def test_a_second_dlq_command_waits_its_turn(dead_letters: Broker, tmp_path: Path) -> None:

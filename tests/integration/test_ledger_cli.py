@@ -7,6 +7,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,29 +46,37 @@ async def add_message(
     *,
     age: timedelta = timedelta(0),
     wamid: str | None = None,
+    tenant: str = "acme",
 ) -> None:
     await connection.execute(
         """
         INSERT INTO wa_messages (internal_id, tenant_id, phone_number_id, recipient, type,
             status, wamid, created_at, updated_at)
-        VALUES ($1, 'acme', '106540352242922', '4915112345678', 'text', $2, $3,
+        VALUES ($1, $5, '106540352242922', '4915112345678', 'text', $2, $3,
             now() - $4::interval, now() - $4::interval)
         """,
         internal_id,
         status,
         wamid,
         age,
+        tenant,
     )
 
 
 async def add_attempt(
-    connection: asyncpg.Connection[Any], internal_id: str, number: int, outcome: str, **row: Any
+    connection: asyncpg.Connection[Any],
+    internal_id: str,
+    number: int,
+    outcome: str,
+    *,
+    tenant: str = "acme",
+    **row: Any,
 ) -> None:
     await connection.execute(
         """
-        INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome,
-            http_status, code, subcode, category, message, ambiguous, consumer)
-        VALUES ($1, $2, now() - $3::interval, $4, $5, $6, $7, $8, $9, $10, $11, 'test:1')
+        INSERT INTO wa_attempts (tenant_id, internal_id, attempt, started_at, latency_ms,
+            outcome, http_status, code, subcode, category, message, ambiguous, consumer)
+        VALUES ($12, $1, $2, now() - $3::interval, $4, $5, $6, $7, $8, $9, $10, $11, 'test:1')
         """,
         internal_id,
         number,
@@ -80,19 +89,23 @@ async def add_attempt(
         row.get("category"),
         row.get("message"),
         row.get("ambiguous", False),
+        tenant,
     )
 
 
-async def add_sent_after_a_retry(connection: asyncpg.Connection[Any], internal_id: str) -> None:
+async def add_sent_after_a_retry(
+    connection: asyncpg.Connection[Any], internal_id: str, tenant: str = "acme"
+) -> None:
     """A message that failed once with an ambiguous 500 and was then sent."""
-    await add_message(connection, internal_id, "sent", wamid=WAMID)
+    await add_message(connection, internal_id, "sent", wamid=WAMID, tenant=tenant)
     await connection.execute(
         """
         UPDATE wa_messages SET retries = 1, last_error_code = '131000',
             last_error_category = 'transient', last_error_message = 'Something went wrong',
             metadata = '{"campaign": "spring"}'::jsonb, sent_at = now()
-        WHERE internal_id = $1
+        WHERE tenant_id = $1 AND internal_id = $2
         """,
+        tenant,
         internal_id,
     )
     await add_attempt(
@@ -100,6 +113,7 @@ async def add_sent_after_a_retry(connection: asyncpg.Connection[Any], internal_i
         internal_id,
         1,
         "retry",
+        tenant=tenant,
         ago=timedelta(seconds=31),
         latency_ms=812.5,
         http_status=500,
@@ -108,7 +122,9 @@ async def add_sent_after_a_retry(connection: asyncpg.Connection[Any], internal_i
         message="Something went wrong",
         ambiguous=True,
     )
-    await add_attempt(connection, internal_id, 2, "sent", latency_ms=143.0, http_status=200)
+    await add_attempt(
+        connection, internal_id, 2, "sent", tenant=tenant, latency_ms=143.0, http_status=200
+    )
 
 
 async def wa_consumer(
@@ -174,6 +190,88 @@ async def test_two_daemons_migrating_a_fresh_database_at_once_apply_the_schema_o
     assert tables == 2
 
 
+@asynccontextmanager
+async def fresh_database(database: str) -> AsyncIterator[str]:
+    """An empty database of the test's own (no migration applied); yields its URL."""
+    admin_url = database.rsplit("/", 1)[0] + "/postgres"
+    name = f"wa_test_fresh_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def at_migration(connection: asyncpg.Connection[Any], last: int) -> None:
+    """Apply the packaged migrations up to ``last`` by hand, as an older daemon did."""
+    await connection.execute(
+        "CREATE TABLE wa_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for version, name, sql in migrations():
+        if version <= last:
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO wa_schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+
+
+async def test_migrating_a_0002_ledger_to_the_tenant_key_keeps_every_row_and_tenant(
+    database: str,
+) -> None:
+    async with fresh_database(database) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            await at_migration(connection, 2)
+            # The 0002 schema: attempts have no tenant, a message's key is its internalId.
+            await connection.execute(
+                """
+                INSERT INTO wa_messages (internal_id, tenant_id, status, wamid, retries)
+                VALUES ('m-sent', 'acme', 'sent', $1, 1), ('m-dead', 'globex', 'dead', NULL, 0),
+                    ('m-claimed', 'acme', 'claimed', NULL, 0)
+                """,
+                WAMID,
+            )
+            await connection.execute(
+                """
+                INSERT INTO wa_attempts (internal_id, attempt, started_at, latency_ms, outcome)
+                VALUES ('m-sent', 1, now(), 812.5, 'retry'), ('m-dead', 1, now(), 90, 'dead'),
+                    ('m-sent', 2, now(), 143, 'sent')
+                """
+            )
+            messages = await connection.fetch("SELECT * FROM wa_messages ORDER BY internal_id")
+            attempts = await connection.fetch("SELECT * FROM wa_attempts ORDER BY id")
+
+            applied = await migrate(connection)
+
+            assert applied == [name for version, name, _ in migrations() if version > 2]
+            after = await connection.fetch("SELECT * FROM wa_messages ORDER BY internal_id")
+            assert [dict(r) for r in after] == [dict(r) for r in messages]
+            moved = await connection.fetch("SELECT * FROM wa_attempts ORDER BY id")
+            assert [{k: v for k, v in dict(r).items() if k != "tenant_id"} for r in moved] == [
+                dict(r) for r in attempts
+            ]
+            assert [(r["internal_id"], r["tenant_id"]) for r in moved] == [
+                ("m-sent", "acme"),
+                ("m-dead", "globex"),
+                ("m-sent", "acme"),
+            ]
+            # Now a second tenant may use the same internalId without touching the first.
+            await add_message(connection, "m-sent", "dead", tenant="globex")
+            await add_attempt(connection, "m-sent", 1, "dead", tenant="globex")
+            acme, globex = await message_status(connection, "m-sent")
+            assert (acme["tenant_id"], acme["status"], acme["wamid"]) == ("acme", "sent", WAMID)
+            assert [a["outcome"] for a in acme["attempts"]] == ["retry", "sent"]
+            assert [a["outcome"] for a in globex["attempts"]] == ["dead"]
+            assert globex["attempts"][0]["id"] > attempts[-1]["id"]  # the sequence goes on
+        finally:
+            await connection.close()
+
+
 async def test_db_migrate_command_says_up_to_date_when_nothing_is_missing(
     ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
 ) -> None:
@@ -227,6 +325,89 @@ async def test_status_of_an_unknown_id_says_so_and_exits_1(
     assert "no message" in err
 
 
+async def two_tenants_with_one_id(connection: asyncpg.Connection[Any]) -> str:
+    """acme's message sent after a retry and globex's dead one, both with the same internalId."""
+    internal_id = new_id("shared")
+    await add_sent_after_a_retry(connection, internal_id, tenant="acme")
+    await add_message(connection, internal_id, "dead", tenant="globex")
+    await add_attempt(
+        connection, internal_id, 1, "dead", tenant="globex", http_status=400, code="131026"
+    )
+    return internal_id
+
+
+async def test_status_with_tenant_shows_that_tenants_record_and_its_attempts_only(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = await two_tenants_with_one_id(ledger)
+    shown = {}
+    for tenant in ("acme", "globex"):
+        code, out, err = await wa_consumer(
+            tmp_path, database, "status", internal_id, "--tenant", tenant, "--json"
+        )
+        assert (code, err) == (0, "")
+        shown[tenant] = orjson.loads(out)
+
+    acme, globex = shown["acme"], shown["globex"]
+    assert (acme["tenant_id"], acme["status"], acme["wamid"]) == ("acme", "sent", WAMID)
+    assert [(a["attempt"], a["outcome"]) for a in acme["attempts"]] == [(1, "retry"), (2, "sent")]
+    assert (globex["tenant_id"], globex["status"], globex["wamid"]) == ("globex", "dead", None)
+    assert [(a["outcome"], a["code"]) for a in globex["attempts"]] == [("dead", "131026")]
+
+
+async def test_status_without_tenant_shows_each_tenants_record_of_a_shared_id(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = await two_tenants_with_one_id(ledger)
+
+    code, out, err = await wa_consumer(tmp_path, database, "status", internal_id)
+
+    assert (code, err) == (0, "")
+    assert out.startswith(f"2 tenants use internalId '{internal_id}'; --tenant shows one")
+    acme, globex = out.split(f"message {internal_id} of tenant globex")
+    assert f"message {internal_id} of tenant acme" in acme
+    assert WAMID in acme and "812.5" in acme and "131026" not in acme
+    assert "131026" in globex and WAMID not in globex and "812.5" not in globex
+
+
+async def test_status_json_of_a_shared_id_without_tenant_names_the_tenants_and_exits_2(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = await two_tenants_with_one_id(ledger)
+
+    code, out, err = await wa_consumer(tmp_path, database, "status", internal_id, "--json")
+
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "'acme', 'globex'" in err and "--tenant" in err
+
+
+async def test_status_json_of_an_id_one_tenant_uses_needs_no_tenant(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = new_id("single")
+    await add_sent_after_a_retry(ledger, internal_id, tenant="globex")
+
+    code, out, err = await wa_consumer(tmp_path, database, "status", internal_id, "--json")
+
+    assert (code, err) == (0, "")
+    assert orjson.loads(out)["tenant_id"] == "globex"
+
+
+async def test_status_of_an_id_another_tenant_uses_says_so_and_exits_1(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    internal_id = new_id("elsewhere")
+    await add_message(ledger, internal_id, "sent", tenant="acme")
+
+    code, out, err = await wa_consumer(
+        tmp_path, database, "status", internal_id, "--tenant", "globex"
+    )
+
+    assert (code, out) == (1, "")
+    assert f"no message '{internal_id}' of tenant 'globex'" in err
+
+
 async def test_status_without_a_database_url_exits_2_with_one_line(tmp_path: Path) -> None:
     code, out, err = await wa_consumer(tmp_path, None, "status", "anything")
     assert (code, out) == (2, "")
@@ -270,6 +451,26 @@ async def test_prune_removes_only_old_sent_and_dead_messages_with_their_attempts
     assert orphans == 0
 
 
+async def test_prune_removes_one_tenants_old_record_and_keeps_anothers_with_the_same_id(
+    ledger: asyncpg.Connection[Any],
+) -> None:
+    internal_id = new_id("shared-prune")
+    await add_message(ledger, internal_id, "dead", tenant="acme", age=timedelta(days=1000))
+    await add_attempt(ledger, internal_id, 1, "dead", tenant="acme")
+    await add_message(ledger, internal_id, "sent", tenant="globex")
+    await add_attempt(ledger, internal_id, 1, "sent", tenant="globex")
+
+    assert await prune(ledger, timedelta(days=900), batch=1) == 1
+
+    [kept] = await message_status(ledger, internal_id)
+    assert kept["tenant_id"] == "globex"
+    assert [a["outcome"] for a in kept["attempts"]] == ["sent"]
+    left = await ledger.fetchval(
+        "SELECT count(*) FROM wa_attempts WHERE internal_id = $1", internal_id
+    )
+    assert left == 1  # acme's attempt went with its record
+
+
 async def test_db_prune_command_prints_how_many_it_removed(
     ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
 ) -> None:
@@ -295,15 +496,31 @@ async def test_resolve_records_the_note_on_each_message(ledger: asyncpg.Connecti
     for internal_id in (first, second):
         await add_message(ledger, internal_id, "dead", age=timedelta(days=2))
 
-    changed = await resolve(ledger, [first, second, new_id("absent")], "purged: bad template")
+    keys = [("acme", first), ("acme", second), ("acme", new_id("absent"))]
+    changed = await resolve(ledger, keys, "purged: bad template")
 
     assert changed == 2
     for internal_id in (first, second):
-        record = await message_status(ledger, internal_id)
-        assert record is not None
+        [record] = await message_status(ledger, internal_id)
         assert record["resolution"] == "purged: bad template"
         assert record["updated_at"] > record["created_at"]  # resolving counts as an update
     assert await resolve(ledger, [], "nothing") == 0
+
+
+async def test_resolve_changes_only_that_tenants_record_of_a_shared_id(
+    ledger: asyncpg.Connection[Any],
+) -> None:
+    internal_id = new_id("shared-resolve")
+    for tenant in ("acme", "globex"):
+        await add_message(ledger, internal_id, "dead", tenant=tenant)
+
+    assert await resolve(ledger, [("globex", internal_id)], "purged") == 1
+
+    records = await message_status(ledger, internal_id)
+    assert {r["tenant_id"]: r["resolution"] for r in records} == {
+        "acme": None,
+        "globex": "purged",
+    }
 
 
 # Ages

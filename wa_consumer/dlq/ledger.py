@@ -4,43 +4,74 @@ With ``WA_DATABASE_URL`` unset there is no ledger: nothing is known to be sent a
 reasons are not recorded. With it set, the commands open one connection of their own (never
 the daemon's pool) before touching the queue, so an unreachable ledger stops a command
 before it has moved anything.
+
+The ledger holds one record per (tenant, internalId), so the commands ask by that pair, the
+tenant read from the dead message (``DeadRecord.ledger_tenant``). When a message's tenant
+cannot be read, the two questions are answered each on the safe side:
+
+- ``sent``: an unknown tenant matches a sent record of *any* tenant with that id. A replay
+  then never re-sends a message the ledger records as sent; at worst it leaves in the DLQ one
+  whose id another tenant happens to have sent (the operator can see and replay it by hand).
+- ``resolve``: an unknown tenant matches nothing. A purge reason is never written onto
+  another tenant's record; such a message is counted as removed, not as resolved.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from ..errors import LedgerUnavailable
 from ..ledger.queries import resolve
+from .record import DeadRecord
 
 if TYPE_CHECKING:
     import asyncpg
 
+# A NULL tenant in the pair stands for "any tenant" (see the module docstring).
 _SENT = """
-SELECT internal_id FROM wa_messages WHERE internal_id = ANY($1::text[]) AND status = 'sent'
+SELECT k.tenant_id, k.internal_id
+FROM unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
+WHERE EXISTS (
+    SELECT 1 FROM wa_messages m
+    WHERE m.internal_id = k.internal_id
+      AND (k.tenant_id IS NULL OR m.tenant_id = k.tenant_id)
+      AND m.status = 'sent'
+)
 """
 _TIMEOUT = 5.0
 
 
+Key: TypeAlias = tuple[str | None, str]
+"""(tenant_id, internal_id) of a dead message; the tenant is None when it cannot be read."""
+
+
+def ledger_key(record: DeadRecord) -> Key:
+    """The dead message's (tenant, internalId) in the ledger; the tenant None when unreadable."""
+    return (record.ledger_tenant, record.internal_id or "")
+
+
 class DlqLedger(Protocol):
-    async def sent(self, internal_ids: Sequence[str]) -> set[str]:
-        """Which of these ids the ledger records as sent."""
+    async def sent(self, keys: Sequence[Key]) -> set[Key]:
+        """Which of these keys the ledger records as sent (None: under any tenant)."""
         ...
 
-    async def resolve(self, internal_ids: Sequence[str], note: str) -> int:
-        """Record ``note`` as how these messages were resolved; returns rows changed."""
+    async def resolve(self, keys: Sequence[Key], note: str) -> int:
+        """Record ``note`` as how these messages were resolved; returns rows changed.
+
+        A key whose tenant is None is skipped: it could name another tenant's record.
+        """
         ...
 
 
 class NoLedger:
     """No database configured: nothing is known to be sent, nothing is recorded."""
 
-    async def sent(self, internal_ids: Sequence[str]) -> set[str]:
+    async def sent(self, keys: Sequence[Key]) -> set[Key]:
         return set()
 
-    async def resolve(self, internal_ids: Sequence[str], note: str) -> int:
+    async def resolve(self, keys: Sequence[Key], note: str) -> int:
         return 0
 
 
@@ -50,14 +81,16 @@ class PostgresDlqLedger:
     def __init__(self, connection: asyncpg.Connection[Any]) -> None:
         self._connection = connection
 
-    async def sent(self, internal_ids: Sequence[str]) -> set[str]:
-        if not internal_ids:
+    async def sent(self, keys: Sequence[Key]) -> set[Key]:
+        if not keys:
             return set()
-        rows = await self._guard(self._connection.fetch(_SENT, list(internal_ids)))
-        return {row["internal_id"] for row in rows}
+        tenants, internal_ids = zip(*keys, strict=True)
+        rows = await self._guard(self._connection.fetch(_SENT, list(tenants), list(internal_ids)))
+        return {(row["tenant_id"], row["internal_id"]) for row in rows}
 
-    async def resolve(self, internal_ids: Sequence[str], note: str) -> int:
-        changed: int = await self._guard(resolve(self._connection, internal_ids, note))
+    async def resolve(self, keys: Sequence[Key], note: str) -> int:
+        known = [(tenant, internal_id) for tenant, internal_id in keys if tenant is not None]
+        changed: int = await self._guard(resolve(self._connection, known, note))
         return changed
 
     @staticmethod
@@ -88,7 +121,8 @@ async def open_ledger(url: str | None) -> AsyncIterator[DlqLedger]:
         raise LedgerUnavailable(f"cannot open the ledger: {exc}") from exc
     try:
         ledger = PostgresDlqLedger(connection)
-        await ledger.sent(["-"])  # fails now, before the queue is touched, if it cannot work
+        # Fails now, before the queue is touched, if it cannot work.
+        await ledger.sent([("-", "-")])
         yield ledger
     finally:
         await connection.close(timeout=_TIMEOUT)

@@ -23,19 +23,32 @@ Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 # future, and its row is what keeps a second copy from being sent.
 _FINISHED = ("sent", "dead")
 
-_MESSAGE = "SELECT * FROM wa_messages WHERE internal_id = $1"
-# By id: the order they were written in; attempt numbers start again after a replay.
-_ATTEMPTS = "SELECT * FROM wa_attempts WHERE internal_id = $1 ORDER BY id"
+# One record per (tenant_id, internal_id): with a tenant, that one; without, every tenant's
+# record of the id (found through the index on internal_id), in a stable order.
+_MESSAGES = """
+SELECT * FROM wa_messages
+WHERE internal_id = $1 AND ($2::text IS NULL OR tenant_id = $2)
+ORDER BY tenant_id
+"""
+# On the whole key, so one tenant's record never shows another's attempts. By id: the order
+# they were written in; attempt numbers start again after a replay.
+_ATTEMPTS = """
+SELECT * FROM wa_attempts
+WHERE internal_id = $1 AND tenant_id = ANY($2::text[])
+ORDER BY tenant_id, id
+"""
 
 # The subquery bounds each statement to ``$3`` rows so no lock is held for long; the outer
 # conditions are checked again on the row being deleted, so a message replayed (claimed
-# again) between the subquery's snapshot and the delete is left alone. SKIP LOCKED: rows a
-# consumer is updating right now are skipped rather than waited for. A row is never updated
-# before it is created, so ``created_at`` (indexed, and never changed) narrows the search.
+# again) between the subquery's snapshot and the delete is left alone. On the whole key, so
+# another tenant's row with the same internal_id is neither deleted nor waited for. SKIP
+# LOCKED: rows a consumer is updating right now are skipped rather than waited for. A row is
+# never updated before it is created, so ``created_at`` (indexed, never changed) narrows the
+# search.
 _PRUNE = """
 DELETE FROM wa_messages
-WHERE internal_id IN (
-    SELECT internal_id FROM wa_messages
+WHERE (tenant_id, internal_id) IN (
+    SELECT tenant_id, internal_id FROM wa_messages
     WHERE created_at < $1 AND updated_at < $1 AND status = ANY($2::text[])
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -44,8 +57,8 @@ AND updated_at < $1 AND status = ANY($2::text[])
 """
 
 _RESOLVE = """
-UPDATE wa_messages SET resolution = $2, updated_at = now()
-WHERE internal_id = ANY($1::text[])
+UPDATE wa_messages SET resolution = $3, updated_at = now()
+WHERE (tenant_id, internal_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -74,17 +87,28 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def message_status(conn: Connection, internal_id: str) -> dict[str, Any] | None:
-    """The message's row with its attempts (oldest first) under ``attempts``; None if unknown."""
-    row = await conn.fetchrow(_MESSAGE, internal_id)
-    if row is None:
-        return None
-    record: dict[str, Any] = dict(row)
-    if record["metadata"] is not None:
-        # jsonb comes back as text without a codec; decoded so JSON output nests it.
-        record["metadata"] = orjson.loads(record["metadata"])
-    record["attempts"] = [dict(a) for a in await conn.fetch(_ATTEMPTS, internal_id)]
-    return record
+async def message_status(
+    conn: Connection, internal_id: str, tenant_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The records of ``internal_id``, each with its attempts (oldest first) under ``attempts``.
+
+    With ``tenant_id`` that tenant's record alone; without, every tenant's, ordered by tenant.
+    Empty when the ledger has none.
+    """
+    records: list[dict[str, Any]] = [
+        dict(row) for row in await conn.fetch(_MESSAGES, internal_id, tenant_id)
+    ]
+    if not records:
+        return []
+    attempts: dict[str, list[dict[str, Any]]] = {r["tenant_id"]: [] for r in records}
+    for attempt in await conn.fetch(_ATTEMPTS, internal_id, list(attempts)):
+        attempts[attempt["tenant_id"]].append(dict(attempt))
+    for record in records:
+        if record["metadata"] is not None:
+            # jsonb comes back as text without a codec; decoded so JSON output nests it.
+            record["metadata"] = orjson.loads(record["metadata"])
+        record["attempts"] = attempts[record["tenant_id"]]
+    return records
 
 
 async def prune(conn: Connection, older_than: timedelta, batch: int = 5000) -> int:
@@ -107,8 +131,12 @@ async def prune(conn: Connection, older_than: timedelta, batch: int = 5000) -> i
             return removed
 
 
-async def resolve(conn: Connection, internal_ids: Sequence[str], note: str) -> int:
-    """Record how the messages were resolved (e.g. a DLQ purge's reason); returns rows changed."""
-    if not internal_ids:
+async def resolve(conn: Connection, keys: Sequence[tuple[str, str]], note: str) -> int:
+    """Record how the messages were resolved (e.g. a DLQ purge's reason); returns rows changed.
+
+    ``keys`` are (tenant_id, internal_id): only that tenant's record of an id is changed.
+    """
+    if not keys:
         return 0
-    return _count(await conn.execute(_RESOLVE, list(internal_ids), note))
+    tenants, internal_ids = zip(*set(keys), strict=True)
+    return _count(await conn.execute(_RESOLVE, list(tenants), list(internal_ids), note))
