@@ -157,7 +157,10 @@ class Pipeline:
             outcome = self._retry_or_dead(ctx, failure)
         self._waiting.discard(task)
         if ctx.claimed is not None:
-            await self.ledger.finish(ctx.claimed, record_of(outcome, ctx), ctx.attempts)
+            try:
+                await self.ledger.finish(ctx.claimed, record_of(outcome, ctx), ctx.attempts)
+            except Exception:  # a Ledger must not raise here; if one does, settle all the same
+                log.exception("ledger_finish_raised", internal_id=ctx.internal_id)
         settled = await self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
         short = short_name(outcome)
         self.counts[short] += 1
