@@ -94,7 +94,8 @@ def count(headers: Mapping[str, Any] | None, name: str) -> int:
     elif isinstance(value, int):
         number = value
     elif isinstance(value, float | Decimal):
-        real = float(value)
+        # float() raises on a signalling NaN: a non-finite Decimal is no count either.
+        real = math.nan if isinstance(value, Decimal) and not value.is_finite() else float(value)
         if math.isfinite(real) and real.is_integer() and abs(real) <= MAX_COUNT:
             number = int(real)
     elif isinstance(value, str):

@@ -113,6 +113,7 @@ class Pipeline:
                 )
         finally:
             hard.cancel()
+        await asyncio.sleep(0)  # tasks received a moment ago take their first step (their try)
         cut = set(self._waiting)
         for task in cut:
             task.cancel()  # each hands its message back; nothing of it reached Meta
@@ -150,11 +151,15 @@ class Pipeline:
         except asyncio.CancelledError:
             if task is not None:
                 task.uncancel()  # the cancel is answered here; recording and settling go on
-            outcome = self._cut_off(ctx)
+            outcome = self._cut_off(ctx, "the send was cut off before its answer", "cancelled")
         except Exception as exc:  # one message must never stop the consumer
             log.exception("unexpected_error", attempt=ctx.attempt)
-            failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
-            outcome = self._retry_or_dead(ctx, failure)
+            if ctx.on_the_wire:
+                why = f"the send failed unexpectedly: {_describe(exc)}"
+                outcome = self._cut_off(ctx, why, "internal_error")
+            else:
+                failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
+                outcome = self._retry_or_dead(ctx, failure)
         self._waiting.discard(task)
         if ctx.claimed is not None:
             try:
@@ -289,17 +294,14 @@ class Pipeline:
             self.limiter.sent(number, message.to)
             return Delivered(result.wamid)
 
-    def _cut_off(self, ctx: Context) -> Outcome:
-        """The task was cancelled. Before the wire: back to the queue, nothing happened.
-        On the wire (only if something outside the pipeline cancelled it): as a timeout,
-        an ambiguous attempt and a retry, never a hand-back as if it had not been sent."""
+    def _cut_off(self, ctx: Context, why: str, code: str) -> Outcome:
+        """The send did not end normally. Before the wire: back to the queue, nothing happened.
+        On the wire (a cancel from outside the pipeline, or a bug): as a timeout, an
+        ambiguous attempt and a retry, never a hand-back as if it had not been sent."""
         if not ctx.on_the_wire:
             return HandBack()
-        err = GraphError(
-            "the send was cut off before its answer; Meta may have accepted it",
-            maybe_sent=True,
-            short_code="cancelled",
-        )
+        self.observer.ambiguous()
+        err = GraphError(f"{why}; Meta may have accepted it", maybe_sent=True, short_code=code)
         failure = Failure(Category.TRANSIENT, err.code_text, err.message)
         outcome = self._retry_or_dead(ctx, failure)
         at = datetime.now(UTC)

@@ -169,11 +169,12 @@ class Settler:
         else:
             headers.pop(h.ERROR_SUBCODE, None)
         headers[h.ERROR_MESSAGE] = h.text(failure.message, self._error_bytes)
-        if not isinstance(headers.get(h.FIRST_FAILED), str):
-            headers[h.FIRST_FAILED] = failed_at
+        first = headers.get(h.FIRST_FAILED)
+        headers[h.FIRST_FAILED] = h.text(first, 64) if isinstance(first, str) else failed_at
         headers[h.FAILED_AT] = failed_at
-        if not isinstance(headers.get(h.ORIGINAL_KEY), str):
-            headers[h.ORIGINAL_KEY] = h.text(delivery.routing_key or "")
+        original = headers.get(h.ORIGINAL_KEY)
+        original = original if isinstance(original, str) else delivery.routing_key or ""
+        headers[h.ORIGINAL_KEY] = h.text(original)
         if tenant_id is not None:
             headers[h.TENANT] = h.text(tenant_id)
         return self._message(delivery, headers)
