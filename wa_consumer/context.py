@@ -55,8 +55,12 @@ def attempt_of(ctx: Context, at: datetime, outcome: str, err: GraphError, catego
     )
 
 
-def record_of(outcome: Outcome, ctx: Context) -> Record:
-    """The ledger's view of an outcome."""
+def record_of(outcome: Outcome, ctx: Context, copied: bool = True) -> Record:
+    """The ledger's view of an outcome; ``copied``: its copy was confirmed where it went.
+
+    A dead message whose DLQ copy was not confirmed is ``dying``: the broker dead-letters it
+    from its queue, or, if even that was cut off, redelivers it to be dead-lettered again.
+    """
     retries = ctx.attempt - 1
     if isinstance(outcome, Delivered):
         return Record("sent", retries, wamid=outcome.wamid)
@@ -73,5 +77,6 @@ def record_of(outcome: Outcome, ctx: Context) -> Record:
         )
     if isinstance(outcome, Dead):
         f = outcome.failure
-        return Record("dead", retries, code=f.code, category=f.category, message=f.message)
+        status = "dead" if copied else "dying"
+        return Record(status, retries, code=f.code, category=f.category, message=f.message)
     return Record("pending", retries)  # handed back: free for the next consumer at once

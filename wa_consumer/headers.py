@@ -68,6 +68,7 @@ class Counts:
     retries: int = 0
     deliveries: int = 0  # ours, or the quorum queue's, whichever is larger
     first_failed_at: datetime | None = None
+    replays: int = 0
 
 
 def read(headers: Mapping[str, Any] | None) -> Counts:
@@ -76,6 +77,7 @@ def read(headers: Mapping[str, Any] | None) -> Counts:
         return Counts()
     return Counts(
         retries=count(headers, RETRY_COUNT),
+        replays=count(headers, REPLAY_COUNT),
         deliveries=max(count(headers, DELIVERIES), count(headers, QUORUM_DELIVERIES)),
         first_failed_at=_time(headers.get(FIRST_FAILED)),
     )

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from . import headers
 from .categories import Category
@@ -161,16 +162,23 @@ class Pipeline:
                 failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
                 outcome = self._retry_or_dead(ctx, failure)
         self._waiting.discard(task)
-        if ctx.claimed is not None:
-            try:
-                await self.ledger.finish(ctx.claimed, record_of(outcome, ctx), ctx.attempts)
-            except Exception:  # a Ledger must not raise here; if one does, settle all the same
-                log.exception("ledger_finish_raised", internal_id=ctx.internal_id)
-        settled = await self.settler.settle(delivery, outcome, tenant_id=ctx.tenant_id)
+        record = partial(self._record, ctx, outcome)
+        settled = await self.settler.settle(
+            delivery, outcome, tenant_id=ctx.tenant_id, record=record
+        )
         short = short_name(outcome)
         self.counts[short] += 1
         self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
         log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
+
+    async def _record(self, ctx: Context, outcome: Outcome, copied: bool) -> None:
+        """The ledger's write, between the copy's confirm and the ack (see ``settle``)."""
+        if ctx.claimed is None:
+            return
+        try:
+            await self.ledger.finish(ctx.claimed, record_of(outcome, ctx, copied), ctx.attempts)
+        except Exception:  # a Ledger must not raise here; if one does, settle all the same
+            log.exception("ledger_finish_raised", internal_id=ctx.internal_id)
 
     async def _decide(self, delivery: Delivery, ctx: Context) -> Outcome:
         try:
@@ -221,11 +229,11 @@ class Pipeline:
         if self._stopping:
             return HandBack()
         try:
-            claim = await self.ledger.claim(message)
+            claim = await self.ledger.claim(message, counts.replays)
         except LedgerUnavailable:
             self._on_ledger_down()
             return HandBack()
-        if claim is Claim.ALREADY_SENT:
+        if claim is Claim.ALREADY_SENT or claim is Claim.ALREADY_DEAD:
             return Duplicate()
         if claim is Claim.BUSY:
             busy = Failure(Category.BUSY, Category.BUSY, "another consumer holds this message")
@@ -234,6 +242,12 @@ class Pipeline:
             text = "the ledger cannot store this message (a value the database refuses)"
             return Dead(Failure(Category.INVALID, Category.INVALID, text))
         ctx.claimed = message
+        if claim is Claim.DYING:
+            # Dead before a broker cut, its DLQ copy unconfirmed: dead-letter it again as it
+            # was, without a second call to Meta.
+            why = "dead before a broker cut; dead-lettered again"
+            failure = self.ledger.recorded_failure(message) or Failure(Category.INVALID, "-", why)
+            return Dead(failure)
         if claim is Claim.CRASH_LOOP:
             crash = _crash(self.policy.max_deliveries)
             return Dead(Failure(Category.CRASH_LOOP, Category.CRASH_LOOP, crash))

@@ -6,7 +6,7 @@ the pipeline calls the seam and never asks whether the feature exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -14,12 +14,14 @@ from typing import Protocol
 
 from .delivery import Delivery
 from .message import Outbound
-from .outcomes import Outcome
+from .outcomes import Failure, Outcome
 
 
 class Claim(StrEnum):
     CLAIMED = "claimed"  # ours to send
     ALREADY_SENT = "already_sent"  # ack without sending
+    ALREADY_DEAD = "already_dead"  # its copy is in the DLQ already (a redelivery after a cut)
+    DYING = "dying"  # dead, its DLQ copy unconfirmed: dead-letter it again, never send it
     BUSY = "busy"  # another live consumer holds it: come back later
     CRASH_LOOP = "crash_loop"  # claimed too often with no recorded outcome
     REFUSED = "refused"  # the database cannot hold this message's row: a data problem, dead
@@ -45,7 +47,7 @@ class Attempt:
 class Record:
     """A message's state after this delivery, as the ledger keeps it."""
 
-    status: str  # sent | retry_scheduled | waiting | dead | pending
+    status: str  # sent | retry_scheduled | waiting | dead | dying | pending
     retries: int
     wamid: str | None = None
     code: str | None = None
@@ -73,11 +75,17 @@ class Ledger(Protocol):
         """Begin background work (the heartbeat that keeps this consumer's claims alive)."""
         ...
 
-    async def claim(self, message: Outbound) -> Claim: ...
+    async def claim(self, message: Outbound, replays: int = 0) -> Claim:
+        """``replays``: the delivery's ``x-replay-count``; a dead message replayed is claimable."""
+        ...
 
     async def finish(
         self, message: Outbound, record: Record, attempts: Sequence[Attempt]
     ) -> None: ...
+
+    def recorded_failure(self, message: Outbound) -> Failure | None:
+        """Why a message its claim found ``DYING`` died."""
+        ...
 
     async def ping(self) -> bool:
         """True when the database answers."""
@@ -111,10 +119,13 @@ class NullLedger:
     async def start(self) -> None:
         return None
 
-    async def claim(self, message: Outbound) -> Claim:
+    async def claim(self, message: Outbound, replays: int = 0) -> Claim:
         return Claim.CLAIMED
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
+        return None
+
+    def recorded_failure(self, message: Outbound) -> Failure | None:
         return None
 
     async def ping(self) -> bool:
@@ -144,8 +155,18 @@ class Settling(Protocol):
         """Register a delivery, in delivery order, before anything awaits."""
         ...
 
-    async def settle(self, delivery: Delivery, outcome: Outcome, *, tenant_id: str | None) -> str:
-        """Carry out ``outcome``; never raises for a broker failure. Returns what happened."""
+    async def settle(
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        *,
+        tenant_id: str | None,
+        record: Callable[[bool], Awaitable[None]],
+    ) -> str:
+        """Carry out ``outcome``; never raises for a broker failure. Returns what happened.
+
+        Awaits ``record(copied)`` once, after the copy's publish and before the ack.
+        """
         ...
 
     async def flush(self) -> None:

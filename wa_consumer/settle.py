@@ -9,8 +9,10 @@ requeue), a death whose copy was not confirmed is dead-lettered by the broker it
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 import aio_pika
@@ -25,6 +27,22 @@ from .logs import get_logger
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
 
 log = get_logger("settle")
+
+
+#: ``record(copied)``: the ledger's write, between the copy's confirm and the ack.
+Record = Callable[[bool], Awaitable[None]]
+
+
+class _Published(Enum):
+    CONFIRMED = 1
+    REFUSED = 2  # nacked or returned by the broker
+    UNAVAILABLE = 3  # the channel or connection is away, or no answer in time
+
+
+def _lost(exc: BaseException) -> Settled:
+    # The consuming channel is gone: nothing was acked, the broker redelivers.
+    log.warning("settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
+    return Settled.LOST_CHANNEL
 
 
 class Settled(StrEnum):
@@ -60,6 +78,7 @@ class Settler:
         dead_routing_key: str,
         error_text_bytes: int = 1024,
         confirm_timeout: float = 10.0,
+        requeue_backoff: float = 1.0,
     ) -> None:
         self._channel = channel
         self._dlx = dead_letter_exchange
@@ -67,6 +86,7 @@ class Settler:
         self._dead_key = dead_routing_key
         self._error_bytes = error_text_bytes
         self._confirm_timeout = confirm_timeout
+        self._requeue_backoff = requeue_backoff
         self.acks = AckCoalescer()
 
     def delivered(self, delivery: Delivery) -> None:
@@ -77,76 +97,86 @@ class Settler:
         await self.acks.drain()
 
     async def settle(
-        self, delivery: Delivery, outcome: Outcome, *, tenant_id: str | None
+        self, delivery: Delivery, outcome: Outcome, *, tenant_id: str | None, record: Record
     ) -> Settled:
-        """Carry out ``outcome``; never raises (the broker keeps what was not acked)."""
-        try:
-            return await self._settle(delivery, outcome, tenant_id)
-        except _BROKER_ERRORS as exc:
-            # The consuming channel is gone: nothing was acked, the broker redelivers.
-            log.warning("settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            return Settled.LOST_CHANNEL
-        except Exception:  # a bug: logged as one, and the message goes back rather than hang
-            log.exception("settle_error", outcome=type(outcome).__name__)
-            try:
-                self.acks.nack(delivery, requeue=True)
-            except _BROKER_ERRORS:
-                return Settled.LOST_CHANNEL
-            return Settled.FAILED
+        """Carry out ``outcome``; never raises (the broker keeps what was not acked).
 
-    async def _settle(self, delivery: Delivery, outcome: Outcome, tenant_id: str | None) -> Settled:
+        ``record(copied)`` is awaited once, after the copy's publish (``copied``: confirmed)
+        and before the ack: the ledger then knows whether a dead message's copy is in the DLQ.
+        """
         if isinstance(outcome, Delivered | Duplicate):
-            self.acks.ack(delivery)
-            return Settled.ACKED
+            await record(True)
+            return self._ack(delivery, Settled.ACKED)
+        try:
+            exchange, key, copy, moved = self._plan(delivery, outcome, tenant_id)
+        except Exception:  # a bug: logged as one; the message goes back rather than hang
+            log.exception("settle_error", outcome=type(outcome).__name__)
+            await record(False)
+            return self._nack(delivery, requeue=True, settled=Settled.FAILED)
+        published = await self._publish(exchange, key, copy)
+        await record(published is _Published.CONFIRMED)
+        if published is _Published.CONFIRMED:
+            return self._ack(delivery, moved)
+        dead = moved is Settled.DEAD
+        if published is _Published.UNAVAILABLE and not dead:
+            # The publishing channel is away (a broker cut, a reconnect): a requeue now would
+            # come straight back and fail again. Hold it a moment instead of spinning.
+            await asyncio.sleep(self._requeue_backoff)
+        # A death is dead-lettered by the queue's own arguments; the rest goes back to its queue.
+        settled = Settled.DEAD_BY_BROKER if dead else Settled.REQUEUED
+        return self._nack(delivery, requeue=not dead, settled=settled)
+
+    def _plan(
+        self, delivery: Delivery, outcome: Outcome, tenant_id: str | None
+    ) -> tuple[AbstractExchange, str, aio_pika.Message, Settled]:
+        """Where the copy goes: (exchange, routing key, the copy, what it becomes)."""
+        default = self._channel.default_exchange
         if isinstance(outcome, HandBack | Recount):
             # A copy at the tail of the main queue, so that a graceful hand-back is not
             # mistaken for a crash on redelivery; a recount carries the delivery count.
             headers = h.carry(delivery.headers)
             if isinstance(outcome, Recount):
                 headers[h.DELIVERIES] = outcome.deliveries
-            copy = self._message(delivery, headers)
-            return await self._move(
-                delivery, copy, self._channel.default_exchange, self._main_queue,
-                Settled.HANDED_BACK,
-            )  # fmt: skip
+            return default, self._main_queue, self._message(delivery, headers), Settled.HANDED_BACK
         if isinstance(outcome, Retry):
             copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
-            return await self._move(
-                delivery, copy, self._channel.default_exchange, outcome.queue, Settled.RETRIED
-            )
+            return default, outcome.queue, copy, Settled.RETRIED
         if isinstance(outcome, Dead):
             copy = self._copy(delivery, outcome.failure, tenant_id, retry=False)
-            return await self._move(delivery, copy, self._dlx, self._dead_key, Settled.DEAD)
+            return self._dlx, self._dead_key, copy, Settled.DEAD
         raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
 
-    async def _move(
-        self,
-        delivery: Delivery,
-        copy: aio_pika.Message,
-        exchange: AbstractExchange,
-        key: str,
-        moved: Settled,
-    ) -> Settled:
-        """Ack once the copy is confirmed; else leave the message to the broker: a death is
-        dead-lettered by the queue's own arguments, anything else goes back to its queue."""
-        if await self._publish(exchange, key, copy):
+    def _ack(self, delivery: Delivery, settled: Settled) -> Settled:
+        try:
             self.acks.ack(delivery)
-            return moved
-        dead = moved is Settled.DEAD
-        self.acks.nack(delivery, requeue=not dead)
-        return Settled.DEAD_BY_BROKER if dead else Settled.REQUEUED
+        except _BROKER_ERRORS as exc:
+            return _lost(exc)
+        return settled
+
+    def _nack(self, delivery: Delivery, *, requeue: bool, settled: Settled) -> Settled:
+        try:
+            self.acks.nack(delivery, requeue=requeue)
+        except _BROKER_ERRORS as exc:
+            return _lost(exc)
+        return settled
 
     async def _publish(
         self, exchange: AbstractExchange, key: str, message: aio_pika.Message
-    ) -> bool:
+    ) -> _Published:
         try:
             confirmation = await exchange.publish(
                 message, routing_key=key, mandatory=True, timeout=self._confirm_timeout
             )
         except (*_BROKER_ERRORS, TimeoutError) as exc:
             log.warning("republish_unconfirmed", routing_key=key, error=type(exc).__name__)
-            return False
-        return isinstance(confirmation, aiormq.spec.Basic.Ack)
+            refused = isinstance(exc, aiormq.exceptions.DeliveryError)  # nacked or returned
+            return _Published.REFUSED if refused else _Published.UNAVAILABLE
+        except Exception:  # a bug, not a broker answer: said so, and nothing is acked
+            log.exception("republish_error", routing_key=key)
+            return _Published.REFUSED
+        if isinstance(confirmation, aiormq.spec.Basic.Ack):
+            return _Published.CONFIRMED
+        return _Published.REFUSED
 
     def _copy(
         self,

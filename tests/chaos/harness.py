@@ -661,7 +661,12 @@ class Chaos:
                 ]
                 where[" + ".join(p for p in spots if p)] += 1
         lost = [i for i in self.published if places[i] == 0]
-        misplaced = [i for i in self.published if places[i] > 1]
+        # Dead twice and nowhere else: a DLQ publish whose confirm the cut took away, so the
+        # daemon could not know its copy had landed (judged against those unconfirmed below).
+        dead_twice = [
+            i for i in self.published if places[i] == dead_copies[i] == 2 and i not in sends
+        ]
+        misplaced = [i for i in self.published if places[i] > 1 and i not in dead_twice]
         doubled = [i for i, n in sends.items() if n > 1]
         recover_s = None
         if settled_at is not None and recover_from is not None:
@@ -677,6 +682,8 @@ class Chaos:
             misplaced=len(misplaced),
             recover_s=recover_s,
             extra={
+                "dead_twice": len(dead_twice),
+                "dlq_publishes_unconfirmed": self.unconfirmed(self.dead_routing_key),
                 "dead_by_category": dict(Counter(dead.values())),
                 "misplaced_as": dict(where),
                 "exit_codes": codes,
@@ -705,6 +712,15 @@ class Chaos:
         return Accounting(
             figures, self.published, lost, doubled, misplaced, waiting, dead, unsettled
         )
+
+    def unconfirmed(self, routing_key: str) -> int:
+        """Republishes to ``routing_key`` the daemons logged as not confirmed."""
+        count = 0
+        for daemon in self.daemons:
+            for line in daemon.text().splitlines():
+                if '"republish_unconfirmed"' in line and f'"{routing_key}"' in line:
+                    count += 1
+        return count
 
     async def explain(self, ids: Iterable[str], limit: int = 4) -> str:
         """What the sandbox, the queues, the ledger and the daemons' logs say about ``ids``."""
@@ -787,6 +803,13 @@ async def judge(
             )
     if f.misplaced:
         found.append(f"{f.misplaced} in two places at once: {f.extra.get('misplaced_as')}")
+    # A second DLQ copy is allowed only for a DLQ publish whose confirm was lost (at-least-once
+    # publishing cannot tell), and never with a second call to the Cloud API.
+    twice, unconfirmed = f.extra.get("dead_twice", 0), f.extra.get("dlq_publishes_unconfirmed", 0)
+    if twice > unconfirmed:
+        found.append(f"{twice} dead twice but only {unconfirmed} DLQ publishes unconfirmed")
+    if twice and f.extra.get("api_calls_after_dead"):
+        found.append(f"{f.extra['api_calls_after_dead']} Cloud API calls after a message died")
     if f.waiting:
         found.append(f"{f.waiting} still waiting in the main or a wait queue")
     if not dead_allowed and f.dead:

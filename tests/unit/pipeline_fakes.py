@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,7 @@ from wa_consumer.credentials import CredentialCache, Credentials, StaticSource
 from wa_consumer.errors import GraphApiError
 from wa_consumer.graph import SendResult
 from wa_consumer.message import MAX_MESSAGE_BYTES, Outbound
-from wa_consumer.outcomes import Outcome
+from wa_consumer.outcomes import Failure, Outcome
 from wa_consumer.pipeline import Pipeline, Policy
 from wa_consumer.seams import Attempt, Claim, Record
 
@@ -93,15 +93,24 @@ class SettleCall:
 class RecordingSettler:
     """The ``Settling`` seam: records each call, touches no broker."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, copied: bool = True) -> None:
         self.registered: list[Any] = []
         self.calls: list[SettleCall] = []
         self.flushes = 0
+        self.copied = copied  # what ``record`` is told: the copy was confirmed
 
     def delivered(self, delivery: Any) -> None:
         self.registered.append(delivery)
 
-    async def settle(self, delivery: Any, outcome: Outcome, *, tenant_id: str | None) -> str:
+    async def settle(
+        self,
+        delivery: Any,
+        outcome: Outcome,
+        *,
+        tenant_id: str | None,
+        record: Callable[[bool], Awaitable[None]],
+    ) -> str:
+        await record(self.copied)
         self.calls.append(SettleCall(delivery, outcome, tenant_id))
         return "recorded"
 
@@ -154,19 +163,25 @@ class FakeLedger:
         self.result = result
         self.counts_deliveries = counts_deliveries
         self.claims: list[Outbound] = []
+        self.replays: list[int] = []
+        self.failure: Failure | None = None
         self.finishes: list[tuple[Outbound, Record, list[Attempt]]] = []
 
     async def start(self) -> None:
         return None
 
-    async def claim(self, message: Outbound) -> Claim:
+    async def claim(self, message: Outbound, replays: int = 0) -> Claim:
         self.claims.append(message)
+        self.replays.append(replays)
         if isinstance(self.result, BaseException):
             raise self.result
         return self.result
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
         self.finishes.append((message, record, list(attempts)))
+
+    def recorded_failure(self, message: Outbound) -> Failure | None:
+        return self.failure
 
     async def ping(self) -> bool:
         return True

@@ -30,6 +30,7 @@ def settler(error_bytes: int = ERROR_BYTES, channel: Any = None, dlx: Any = None
         main_queue="outbound-processed",
         dead_routing_key="dead",
         error_text_bytes=error_bytes,
+        requeue_backoff=0.0,
     )
 
 
@@ -222,8 +223,14 @@ async def settle(outcome: Any, answer: Any) -> tuple[Settled, Channel, Exchange,
         body(), headers={h.RETRY_COUNT: 1, "x-death": []}, channel=consuming, delivery_tag=7
     )
     s.delivered(delivery)  # type: ignore[arg-type]
-    settled = await s.settle(delivery, outcome, tenant_id="acme")  # type: ignore[arg-type]
+    recorded: list[bool] = []
+
+    async def record(copied: bool) -> None:
+        recorded.append(copied)
+
+    settled = await s.settle(delivery, outcome, tenant_id="acme", record=record)  # type: ignore[arg-type]
     await s.flush()
+    assert len(recorded) == 1  # the ledger's write, once, before the ack
     return settled, consuming, default, dlx
 
 

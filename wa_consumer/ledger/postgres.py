@@ -23,6 +23,7 @@ import orjson
 from ..errors import LedgerUnavailable
 from ..logs import get_logger
 from ..message import Outbound
+from ..outcomes import Failure
 from ..seams import Attempt, Claim, Record
 from .batch import Batcher
 from .migrate import migrate
@@ -61,15 +62,17 @@ WITH attempts AS (
       AND (m.claimed_by = $4 OR m.claimed_by IS NULL OR f->>2 = 'sent')
 )
 INSERT INTO wa_messages AS m (tenant_id, internal_id, phone_number_id, recipient, type,
-    metadata, status, claimed_by, claim_expires_at, deliveries)
-SELECT c->>0, c->>1, c->>2, c->>3, c->>4, NULLIF(c->5, 'null'),
+    metadata, replays, status, claimed_by, claim_expires_at, deliveries)
+SELECT c->>0, c->>1, c->>2, c->>3, c->>4, NULLIF(c->5, 'null'), (c->>6)::int,
     'claimed', $4, now() + make_interval(secs => $5), 1
 FROM jsonb_array_elements($3::jsonb) AS c
 ON CONFLICT (tenant_id, internal_id) DO UPDATE SET
     status = 'claimed', claimed_by = EXCLUDED.claimed_by,
     claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
-    updated_at = now()
+    replays = EXCLUDED.replays, updated_at = now()
 WHERE m.status <> 'sent'
+  -- Dead (its copy in the DLQ, or dying: a copy not confirmed): only a replay brings it back.
+  AND NOT (m.status IN ('dead', 'dying') AND m.replays >= EXCLUDED.replays)
   -- Held by another consumer: only while its lease runs and it is alive (its heartbeat is
   -- recent). A consumer killed with its claims is taken over within seconds.
   AND NOT (m.status = 'claimed' AND m.claim_expires_at > now()
@@ -81,7 +84,9 @@ RETURNING m.tenant_id, m.internal_id, m.deliveries
 
 # Only for the keys a claim did not get (rare): sent already, or held by another consumer.
 _STATUS = """
-SELECT m.tenant_id, m.internal_id, m.status FROM wa_messages m
+SELECT m.tenant_id, m.internal_id, m.status, m.last_error_category, m.last_error_code,
+    m.last_error_message
+FROM wa_messages m
 JOIN unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
   ON m.tenant_id = k.tenant_id AND m.internal_id = k.internal_id
 """
@@ -108,6 +113,9 @@ def _is_outage(exc: BaseException) -> bool:
 
 
 Key = tuple[str, str]  # (tenant_id, internal_id)
+
+# What a claim that did not take a row says, by the row's status.
+_SETTLED = {"sent": Claim.ALREADY_SENT, "dead": Claim.ALREADY_DEAD, "dying": Claim.DYING}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +182,10 @@ class PostgresLedger:
         self.consumer = consumer_id()
         # Keys this process holds a claim on now. A claim of our own that is in the database but
         # not here (its answer was lost in an outage) may be taken again at once, no lease wait.
-        self._active: set[Key] = set()
+        self._active: dict[Key, asyncio.Future[None]] = {}
+        self._replays: dict[Key, int] = {}  # x-replay-count of claims waiting to be written
+        self._failures: dict[Key, Failure] = {}  # why a dying message died, for its next copy
+        self._own_copy_wait = min(lease_seconds / 2, 30.0)
         self._healthy = True
         # Claims fail fast in an outage (the message goes back to the queue); a finish is kept
         # and written when the database is back.
@@ -251,28 +262,48 @@ class PostgresLedger:
         self._healthy = True
         return True
 
-    async def claim(self, message: Outbound) -> Claim:
+    async def claim(self, message: Outbound, replays: int = 0) -> Claim:
         key = (message.tenant_id, message.internal_id)
-        if key in self._active:
-            return Claim.BUSY  # a copy of a message this process is handling right now
-        self._active.add(key)
+        held = self._active.get(key)
+        if held is not None:
+            # A copy of a message this process is handling right now (the broker redelivered
+            # it after a cut): wait for the first to be recorded, then this one is a duplicate.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(held), self._own_copy_wait)
+            if key in self._active:
+                return Claim.BUSY
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._active[key] = done
+        if replays:
+            self._replays[key] = replays
         try:
             claim = await self._writes.submit(message)
         except BaseException as exc:
-            self._active.discard(key)
+            self._release(key)
             if _is_outage(exc):
                 raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
             raise
+        finally:
+            self._replays.pop(key, None)
         assert claim is not None  # a claim's result is always a Claim
         if claim is not Claim.CLAIMED and claim is not Claim.CRASH_LOOP:
-            self._active.discard(key)
+            self._release(key)
         return claim
+
+    def recorded_failure(self, message: Outbound) -> Failure | None:
+        """Why a message the last claim found ``DYING`` died (once, then forgotten)."""
+        return self._failures.pop((message.tenant_id, message.internal_id), None)
+
+    def _release(self, key: Key) -> None:
+        done = self._active.pop(key, None)
+        if done is not None and not done.done():
+            done.set_result(None)
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
         key = (message.tenant_id, message.internal_id)
         future = self._writes.submit(_Finish(message, record, attempts))
         # Held until the outcome is written: until then the row still shows our claim.
-        future.add_done_callback(lambda _: self._active.discard(key))
+        future.add_done_callback(lambda _: self._release(key))
         try:
             await asyncio.wait_for(asyncio.shield(future), self._finish_timeout)
         except TimeoutError:
@@ -327,6 +358,7 @@ class PostgresLedger:
     async def _statement(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
         finishes = [i for i in items if isinstance(i, _Finish)]
         claims = [i for i in items if not isinstance(i, _Finish)]
+        replays = self._replays
         # One claim per key per statement: ON CONFLICT cannot touch a row twice.
         unique = list({(m.tenant_id, m.internal_id): m for m in reversed(claims)}.values())
         finished = [
@@ -343,9 +375,10 @@ class PostgresLedger:
             for a in f.attempts
         ]  # fmt: skip
         claimed = [
-            (m.tenant_id, m.internal_id, m.phone_number_id, m.to, m.type, m.extra or None)
+            (m.tenant_id, m.internal_id, m.phone_number_id, m.to, m.type, m.extra or None,
+             replays.get((m.tenant_id, m.internal_id), 0))
             for m in unique
-        ]
+        ]  # fmt: skip
         rows = await self._pool.fetch(
             _WRITE,
             _json(finished),
@@ -383,9 +416,14 @@ class PostgresLedger:
             missed = [k for k in missed if k not in verdict]
             tenants, ids = [k[0] for k in missed], [k[1] for k in missed]
             for row in await self._pool.fetch(_STATUS, tenants, ids):
-                sent = row["status"] == "sent"
                 key = (row["tenant_id"], row["internal_id"])
-                verdict[key] = Claim.ALREADY_SENT if sent else Claim.BUSY
+                verdict[key] = _SETTLED.get(row["status"], Claim.BUSY)
+                if verdict[key] is Claim.DYING:
+                    self._failures[key] = Failure(
+                        row["last_error_category"] or "unknown",
+                        row["last_error_code"] or "unknown",
+                        row["last_error_message"] or "dead (recorded before a broker cut)",
+                    )
             for key in missed:
                 verdict.setdefault(key, Claim.BUSY)
         return verdict

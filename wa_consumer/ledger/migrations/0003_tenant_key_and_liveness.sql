@@ -22,3 +22,8 @@ CREATE TABLE wa_consumers (
     started_at timestamptz NOT NULL DEFAULT now(),
     seen_at    timestamptz NOT NULL DEFAULT now()
 );
+
+-- A dead message's copy is confirmed in the DLQ ('dead'; 'dying' until then). A redelivery
+-- of a dead message (its ack lost in a broker cut) is acked without a second copy; a replay
+-- (a higher x-replay-count than the life it died in) may be claimed again.
+ALTER TABLE wa_messages ADD COLUMN replays integer NOT NULL DEFAULT 0;
