@@ -14,6 +14,29 @@ from typing import Any
 import aiormq
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.abc import DeliveredMessage
+from pamqp import decode
+
+_strict_timestamp = decode.timestamp
+
+
+def _lenient_timestamp(value: bytes) -> tuple[int, datetime | None]:
+    """pamqp's timestamp decoder, but a time out of Python's range reads as None.
+
+    A producer that writes microseconds where AMQP wants seconds sends a year past 9999; the
+    strict decoder then fails the whole content header, the client closes the connection, and
+    the same message comes first again after every reconnect: one message would stop them
+    all. As None, the pipeline sees a message with no timestamp. Pinned by test_delivery.py.
+    """
+    try:
+        return _strict_timestamp(value)
+    except (ValueError, OverflowError, OSError):
+        if len(value) < 8:
+            raise  # a truncated frame, not an odd time
+        return 8, None
+
+
+decode.METHODS["timestamp"] = _lenient_timestamp  # the ``timestamp`` property
+decode.TABLE_MAPPING[b"T"] = _lenient_timestamp  # a timestamp inside headers
 
 
 class Delivery:

@@ -134,6 +134,36 @@ def _time(value: object) -> datetime | None:
     return None
 
 
+def broker_can_dead_letter(headers: Mapping[str, Any] | None) -> bool:
+    """Whether RabbitMQ's own dead-lettering can take a message with these headers.
+
+    The broker rewrites ``x-death`` when it dead-letters; one a producer forged (an array
+    holding anything but tables of the broker's field types) crashes the queue on some
+    RabbitMQ versions. Such a message is never handed to the broker's dead-lettering.
+    """
+    for key, value in (headers or {}).items():
+        if not key.startswith(BROKER_PREFIXES):
+            continue
+        if key == "x-death":
+            if not isinstance(value, list) or not all(_death(entry) for entry in value):
+                return False
+        elif not isinstance(value, str):
+            return False
+    return True
+
+
+def _death(entry: object) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    for value in entry.values():
+        if isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                return False
+        elif isinstance(value, bool) or not isinstance(value, int | str | datetime):
+            return False
+    return True
+
+
 def carry(headers: Mapping[str, Any] | None, limit: int = MAX_CARRIED_BYTES) -> dict[str, Any]:
     """A copy of ``headers`` that can be published again.
 

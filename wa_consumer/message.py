@@ -127,9 +127,18 @@ def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
         expires_at=metadata.expiresAt,
         type=message.wabaPayload.kind,
         to=to if isinstance(to, str) else None,
-        payload=orjson.dumps(waba),
+        payload=_payload(waba, metadata.tenantId, metadata.internalId),
         extra=extra,
     )
+
+
+def _payload(waba: dict[str, Any], tenant_id: str, internal_id: str) -> bytes:
+    try:
+        return orjson.dumps(waba)
+    except orjson.JSONEncodeError as exc:  # nested past orjson's 255 levels
+        reason = f"cannot be sent as JSON ({exc})"
+        where = "wabaPayload"
+        raise InvalidMessage(reason, where, tenant_id=tenant_id, internal_id=internal_id) from exc
 
 
 def _unbounded(to: object, extra: Mapping[str, Any]) -> tuple[str, str] | None:

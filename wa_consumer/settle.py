@@ -117,12 +117,13 @@ class Settler:
         await record(published is _Published.CONFIRMED)
         if published is _Published.CONFIRMED:
             return self._ack(delivery, moved)
-        dead = moved is Settled.DEAD
-        if published is _Published.UNAVAILABLE and not dead:
-            # The publishing channel is away (a broker cut, a reconnect): a requeue now would
-            # come straight back and fail again. Hold it a moment instead of spinning.
+        # A death is dead-lettered by the queue's own arguments, unless the broker could not
+        # take its headers: then it waits its turn again, like a retry.
+        dead = moved is Settled.DEAD and h.broker_can_dead_letter(delivery.headers)
+        if not dead and (published is _Published.UNAVAILABLE or moved is Settled.DEAD):
+            # The publishing channel is away (a broker cut, a reconnect), or a death goes back:
+            # a requeue now would come straight back and fail again. Hold it a moment instead.
             await asyncio.sleep(self._requeue_backoff)
-        # A death is dead-lettered by the queue's own arguments; the rest goes back to its queue.
         settled = Settled.DEAD_BY_BROKER if dead else Settled.REQUEUED
         return self._nack(delivery, requeue=not dead, settled=settled)
 

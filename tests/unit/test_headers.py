@@ -297,3 +297,22 @@ def test_read_raises_only_bad_header(headers: dict[str, Any]) -> None:
         assert 0 <= counts.deliveries <= h.MAX_COUNT
         return
     assert name in (h.RETRY_COUNT, h.DELIVERIES)
+
+
+def test_the_broker_may_dead_letter_its_own_death_headers_but_never_forged_ones() -> None:
+    from datetime import UTC, datetime
+
+    death = {
+        "count": 1,
+        "reason": "expired",
+        "queue": "outbound-retry-30s",
+        "time": datetime.now(UTC),
+        "exchange": "",
+        "routing-keys": ["outbound-retry-30s"],
+    }
+    assert h.broker_can_dead_letter(None)
+    assert h.broker_can_dead_letter({"x-death": [death], "x-first-death-reason": "expired"})
+    assert not h.broker_can_dead_letter({"x-death": ["not a table"]})
+    assert not h.broker_can_dead_letter({"x-death": [{**death, "count": 1.5}]})
+    assert not h.broker_can_dead_letter({"x-death": {"count": 1}})
+    assert not h.broker_can_dead_letter({"x-last-death-queue": 7})
