@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 AMQP_HOST = os.environ.get("WA_TEST_AMQP_HOST", "127.0.0.1:5672")
 
@@ -64,3 +67,29 @@ def database() -> Iterator[str]:
         yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_in_production() -> Iterator[None]:
+    """Log as ``wa-consumer run`` does (JSON lines, tracebacks as plain text), warnings and up.
+
+    structlog's default, which an in-process daemon gets otherwise, renders each traceback
+    with rich and every local variable: seconds of the event loop for one hostile body, long
+    enough to time out confirms and sends of every other message in the test.
+    """
+    saved = structlog.get_config()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import struct
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +23,6 @@ import aio_pika
 import asyncpg
 import orjson
 import pytest
-import structlog
 from aio_pika.abc import AbstractConnection, AbstractExchange
 from pamqp import commands, encode
 from yarl import URL
@@ -42,37 +39,6 @@ pytestmark = pytest.mark.integration
 PROMPT_SECONDS = 15.0
 #: A dead copy's headers, encoded, stay far below RabbitMQ's 128 KiB frame.
 SMALL_HEADERS = 20 * 1024
-
-
-@contextmanager
-def production_logging() -> Iterator[None]:
-    """Log as ``wa-consumer run`` does (JSON lines, tracebacks as plain text), warnings and up.
-
-    structlog's default, which the in-process daemon gets otherwise, renders each traceback
-    with rich and every local variable: seconds of the event loop for one hostile body.
-    """
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
-
-
-@pytest.fixture(autouse=True)
-def _logging_as_in_production() -> Iterator[None]:
-    with production_logging():
-        yield
 
 
 # -- AMQP values aio-pika does not write (a producer in another language may) ------------------

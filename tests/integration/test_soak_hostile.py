@@ -25,7 +25,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -44,19 +44,12 @@ from .test_hostile import (
     RawLongString,
     allow_raw_values,
     live,
-    production_logging,
     queue_counts,
     sends,
     settings_for,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _logging_as_in_production() -> Iterator[None]:
-    with production_logging():
-        yield
 
 
 SEED = int(os.environ.get("WA_SOAK_SEED", "20261206"))
