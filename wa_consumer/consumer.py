@@ -125,8 +125,12 @@ class Daemon:
         """Start-up, consume until told to stop, shut down; returns the exit code."""
         s = self.settings
         ledger: Ledger = self._ledger or await _open_ledger(s) or NullLedger()
-        await ledger.start()
-        connection = self._connection = await _connect(s.amqp_url)
+        try:
+            connection = self._connection = await _connect(s.amqp_url)
+        except BaseException:
+            await ledger.close()
+            raise
+        await ledger.start()  # heartbeats: from here on, this daemon's claims are alive
         session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)
         http = HealthServer(self.metrics.registry, self.readiness)
         probe: asyncio.Task[None] | None = None
