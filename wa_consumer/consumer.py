@@ -23,7 +23,6 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from aiormq.abc import DeliveredMessage
-from yarl import URL
 
 from .alerts import Alerter
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
@@ -38,7 +37,7 @@ from .metrics import Fanout, Metrics
 from .pipeline import Pipeline, Policy
 from .probe import QueueProbe, watched_queues
 from .seams import Ledger, Limiter, NullLedger
-from .settings import Settings
+from .settings import Settings, safe_url
 from .settle import Settler
 from .topology import Topology, declare
 
@@ -338,10 +337,4 @@ async def _connect(url: str) -> AbstractRobustConnection:
     try:
         return await aio_pika.connect_robust(url, timeout=10, reconnect_interval=1)
     except (OSError, aiormq.exceptions.AMQPError) as exc:
-        raise WaConsumerError(f"cannot connect to RabbitMQ at {_safe_url(url)}: {exc}") from None
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password."""
-    u = URL(url)
-    return str(u.with_password("***")) if u.password else url
+        raise WaConsumerError(f"cannot connect to RabbitMQ at {safe_url(url)}: {exc}") from None
