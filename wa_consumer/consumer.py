@@ -243,7 +243,14 @@ class Daemon:
             if self._stop.is_set():
                 return
             pipeline.resume()
-            await self._consume()
+            while not self._stop.is_set():
+                try:
+                    await self._consume()
+                    break
+                except Exception as exc:  # noqa: BLE001 - the broker may be reconnecting too
+                    log.warning("consume_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
             log.info("consuming_resumed")
         finally:
             self._pause_task = None

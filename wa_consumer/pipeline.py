@@ -114,7 +114,6 @@ class Pipeline:
                 )
         finally:
             hard.cancel()
-        await asyncio.sleep(0)  # tasks received a moment ago take their first step (their try)
         cut = set(self._waiting)
         for task in cut:
             task.cancel()  # each hands its message back; nothing of it reached Meta
@@ -132,7 +131,6 @@ class Pipeline:
         self.settler.delivered(delivery)  # acks are coalesced in delivery order
         task = asyncio.get_running_loop().create_task(self.handle(delivery))
         self.in_flight.add(task)
-        self._waiting.add(task)
         task.add_done_callback(self._done)
         return task
 
@@ -147,6 +145,10 @@ class Pipeline:
         started = time.perf_counter()
         ctx = Context()
         task = asyncio.current_task()
+        # Only a task that has started may be cut by ``drain``: one cut before its first step
+        # would never reach its try, and never be settled. Unstarted ones hand back by
+        # themselves (the pipeline is paused by then).
+        self._waiting.add(task)  # type: ignore[arg-type]
         try:
             outcome = await self._decide(delivery, ctx)
         except asyncio.CancelledError:

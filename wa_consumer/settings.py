@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     database_statement_timeout_ms: int = Field(default=5000, ge=100)
     claim_lease_seconds: float = Field(default=60.0, gt=0)
     # Each daemon's heartbeat in the ledger; a claim of one unseen for 3 beats is taken over.
-    ledger_heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
+    ledger_heartbeat_seconds: float = Field(default=2.0, ge=0.5, le=60)
 
     # Cloud API
     graph_api_url: str = "https://graph.facebook.com"
@@ -235,6 +235,11 @@ def _shown(name: str, value: object) -> str:
     if isinstance(value, str):
         value = safe_url(value)  # a value that is no URL comes out as it went in
     return f" (got {value!r})"
+
+
+def masked(text: str) -> str:
+    """``text`` (an error line) with the password of any URL in it shown as ``***``."""
+    return _USERINFO.sub(rf"\g<1>{MASK}", text)
 
 
 def _scrubbed(line: str, secret: object) -> str:

@@ -112,6 +112,7 @@ class Settler:
         except Exception:  # a bug: logged as one; the message goes back rather than hang
             log.exception("settle_error", outcome=type(outcome).__name__)
             await record(False)
+            await asyncio.sleep(self._requeue_backoff)  # not straight back into the same fault
             return self._nack(delivery, requeue=True, settled=Settled.FAILED)
         published = await self._publish(exchange, key, copy)
         await record(published is _Published.CONFIRMED)

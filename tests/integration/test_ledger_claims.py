@@ -52,7 +52,7 @@ async def test_a_live_consumers_claim_holds_and_a_dead_ones_is_taken_over(databa
         connection = await asyncpg.connect(database)
         try:  # as if the holder had been killed: its heartbeat goes stale
             await connection.execute(
-                "UPDATE wa_consumers SET seen_at = now() - interval '1 hour' WHERE id = $1",
+                "UPDATE wa_consumers SET alive_until = now() - interval '1 s' WHERE id = $1",
                 holder.consumer,
             )
             holder._heartbeat.cancel()  # type: ignore[union-attr]
@@ -71,7 +71,7 @@ async def test_a_result_does_not_overwrite_a_claim_taken_over_unless_it_is_a_sen
         connection = await asyncpg.connect(database)
         try:
             await connection.execute(
-                "UPDATE wa_consumers SET seen_at = now() - interval '1 hour' WHERE id = $1",
+                "UPDATE wa_consumers SET alive_until = now() - interval '1 s' WHERE id = $1",
                 first.consumer,
             )
             first._heartbeat.cancel()  # type: ignore[union-attr]
@@ -79,6 +79,12 @@ async def test_a_result_does_not_overwrite_a_claim_taken_over_unless_it_is_a_sen
                 assert await second.claim(msg) is Claim.CLAIMED
             await first.finish(m, Record("retry_scheduled", 1, next_in=30), [])
             await first.finish(n, Record("sent", 0, wamid="wamid.N"), [])
+            # The new holder finishes dead; the old one's late result must not undo it.
+            o = message()
+            assert await second.claim(o) is Claim.CLAIMED
+            await second.finish(o, Record("dead", 0, code="131026", category="permanent"), [])
+            await first.finish(o, Record("retry_scheduled", 1, next_in=30), [])
+            assert await second.claim(o) is Claim.ALREADY_DEAD
             rows = {
                 r["internal_id"]: (r["status"], r["claimed_by"])
                 for r in await connection.fetch("SELECT * FROM wa_messages")

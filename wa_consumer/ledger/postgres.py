@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import uuid
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from ..logs import get_logger
 from ..message import Outbound
 from ..outcomes import Failure
 from ..seams import Attempt, Claim, Record
+from ..settings import masked
 from .batch import Batcher
 from .migrate import migrate
 
@@ -58,8 +58,10 @@ WITH attempts AS (
     FROM jsonb_array_elements($1::jsonb) AS f
     WHERE m.tenant_id = f->>0 AND m.internal_id = f->>1
       AND (m.status <> 'sent' OR f->>2 = 'sent')
-      -- Only while the claim is still ours; a send Meta accepted is recorded whoever holds it.
-      AND (m.claimed_by = $4 OR m.claimed_by IS NULL OR f->>2 = 'sent')
+      -- Only while the claim is still ours (or a dying message is dead-lettered again); a
+      -- send Meta accepted is recorded whoever holds it.
+      AND (m.claimed_by = $4 OR f->>2 = 'sent'
+           OR (m.claimed_by IS NULL AND m.status = 'dying' AND f->>2 IN ('dead', 'dying')))
 )
 INSERT INTO wa_messages AS m (tenant_id, internal_id, phone_number_id, recipient, type,
     metadata, replays, status, claimed_by, claim_expires_at, deliveries)
@@ -78,7 +80,7 @@ WHERE m.status <> 'sent'
   AND NOT (m.status = 'claimed' AND m.claim_expires_at > now()
            AND m.claimed_by <> EXCLUDED.claimed_by
            AND EXISTS (SELECT 1 FROM wa_consumers c WHERE c.id = m.claimed_by
-                       AND c.seen_at > now() - make_interval(secs => $6)))
+                       AND c.alive_until > now()))
 RETURNING m.tenant_id, m.internal_id, m.deliveries
 """
 
@@ -92,13 +94,28 @@ JOIN unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
 """
 
 _HEARTBEAT = """
-INSERT INTO wa_consumers (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET seen_at = now()
+INSERT INTO wa_consumers (id, alive_until) VALUES ($1, now() + make_interval(secs => $2))
+ON CONFLICT (id) DO UPDATE SET seen_at = now(), alive_until = EXCLUDED.alive_until
+"""
+# Claims whose answer an outage took: released once the database is back (peers need not
+# wait out the lease), unless the message is ours again by then.
+_RELEASE = """
+UPDATE wa_messages m SET status = 'pending', claimed_by = NULL, claim_expires_at = NULL,
+    updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
+WHERE m.tenant_id = k.tenant_id AND m.internal_id = k.internal_id
+  AND m.claimed_by = $3 AND m.status = 'claimed'
 """
 _FORGET_OLD = "DELETE FROM wa_consumers WHERE seen_at < now() - interval '1 day'"
 _GONE = "DELETE FROM wa_consumers WHERE id = $1"
 
 #: Errors that say the database is away or overloaded: consuming pauses, results are kept.
 _OUTAGE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
+#: A conflict between two daemons' statements: tried again at once before it counts.
+_CONFLICT = asyncpg.TransactionRollbackError
+#: Refused rows in a row, with none taken between, that say the statement or the schema is
+#: wrong for every message, not one message wrong for the statement: then it is an outage.
+_SYSTEMIC_AFTER = 20
 #: Errors that say one row cannot be stored: that message's own problem, found by splitting.
 _DATA = (
     asyncpg.DataError,
@@ -108,8 +125,13 @@ _DATA = (
 )
 
 
+class LedgerRefusesEverything(LedgerUnavailable):
+    """Every row is refused: a schema or statement problem, handled as an outage."""
+
+
 def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, _OUTAGE) and not isinstance(exc, _DATA)
+    outage = (*_OUTAGE, LedgerRefusesEverything)
+    return isinstance(exc, outage) and not isinstance(exc, _DATA)
 
 
 Key = tuple[str, str]  # (tenant_id, internal_id)
@@ -186,6 +208,10 @@ class PostgresLedger:
         self._replays: dict[Key, int] = {}  # x-replay-count of claims waiting to be written
         self._failures: dict[Key, Failure] = {}  # why a dying message died, for its next copy
         self._own_copy_wait = min(lease_seconds / 2, 30.0)
+        self._unknown: set[Key] = set()  # claims whose answer an outage took
+        self._refused_in_a_row = 0
+        self._url: str | None = None  # for the heartbeat's own connection
+        self._beat_conn: asyncpg.Connection[Any] | None = None
         self._healthy = True
         # Claims fail fast in an outage (the message goes back to the queue); a finish is kept
         # and written when the database is back.
@@ -220,7 +246,9 @@ class PostgresLedger:
                     log.info("ledger_migrated", applied=applied)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise LedgerUnavailable(f"cannot open the ledger: {_no_secrets(exc)}") from None
-        return cls(pool, **kwargs)
+        ledger = cls(pool, **kwargs)
+        ledger._url = url
+        return ledger
 
     @property
     def healthy(self) -> bool:
@@ -234,16 +262,30 @@ class PostgresLedger:
     async def _beating(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_every)
-            await self._beat()
+            try:
+                await self._beat()
+            except Exception:
+                log.exception("ledger_heartbeat_error")
 
     async def _beat(self, *, first: bool = False) -> None:
+        """On a connection of its own when it can: a busy pool must not make us look dead."""
         try:
-            async with asyncio.timeout(max(self._heartbeat_every, 2.0)):
-                await self._pool.execute(_HEARTBEAT, self.consumer)
+            async with asyncio.timeout(self._liveness / 2):
+                if self._beat_conn is None or self._beat_conn.is_closed():
+                    self._beat_conn = await self._heartbeat_connection()
+                target = self._beat_conn if self._beat_conn is not None else self._pool
+                await target.execute(_HEARTBEAT, self.consumer, self._liveness)
                 if first:
-                    await self._pool.execute(_FORGET_OLD)
+                    await target.execute(_FORGET_OLD)
         except _OUTAGE as exc:
+            self._beat_conn = None
             log.debug("ledger_heartbeat_failed", error=type(exc).__name__)
+
+    async def _heartbeat_connection(self) -> asyncpg.Connection[Any] | None:
+        if self._url is None:
+            return None  # built around a pool given by the caller: beat on the pool
+        connection: asyncpg.Connection[Any] = await asyncpg.connect(self._url, timeout=5)
+        return connection
 
     def _down(self, exc: BaseException) -> None:
         if self._healthy:
@@ -260,7 +302,21 @@ class PostgresLedger:
         if not self._healthy:
             log.info("ledger_reachable")
         self._healthy = True
+        await self._release_unknown()
         return True
+
+    async def _release_unknown(self) -> None:
+        keys = [k for k in self._unknown if k not in self._active]
+        self._unknown.clear()
+        if not keys:
+            return
+        try:
+            async with asyncio.timeout(5):
+                await self._pool.execute(
+                    _RELEASE, [k[0] for k in keys], [k[1] for k in keys], self.consumer
+                )
+        except _OUTAGE:
+            self._unknown.update(keys)  # the next ping tries again
 
     async def claim(self, message: Outbound, replays: int = 0) -> Claim:
         key = (message.tenant_id, message.internal_id)
@@ -281,6 +337,7 @@ class PostgresLedger:
         except BaseException as exc:
             self._release(key)
             if _is_outage(exc):
+                self._unknown.add(key)  # it may have been written: released when back
                 raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
             raise
         finally:
@@ -322,7 +379,11 @@ class PostgresLedger:
     async def _write(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
         """Write a batch; a row the database refuses is found by halving, and only it fails."""
         try:
-            return await self._statement(items)
+            try:
+                return await self._statement(items)
+            except _CONFLICT:  # a deadlock or serialization failure with another daemon
+                await asyncio.sleep(0.05)
+                return await self._statement(items)
         except _DATA as exc:
             if len(items) > 1:
                 half = len(items) // 2
@@ -333,6 +394,11 @@ class PostgresLedger:
         """The one row the database cannot take: a claim is that message's ``REFUSED``; a
         result is written again without its texts, the outcome itself never lost."""
         if not isinstance(item, _Finish):
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row > _SYSTEMIC_AFTER:
+                raise LedgerRefusesEverything(
+                    f"{self._refused_in_a_row} claims in a row refused: {_no_secrets(exc)}"
+                ) from exc
             log.warning(
                 "ledger_refused_claim",
                 tenant_id=item.tenant_id,
@@ -380,15 +446,11 @@ class PostgresLedger:
             for m in unique
         ]  # fmt: skip
         rows = await self._pool.fetch(
-            _WRITE,
-            _json(finished),
-            _json(attempts),
-            _json(claimed),
-            self.consumer,
-            self._lease,
-            self._liveness,
+            _WRITE, _json(finished), _json(attempts), _json(claimed), self.consumer, self._lease
         )
         self._healthy = True
+        if unique:
+            self._refused_in_a_row = 0
         verdict = await self._verdicts(unique, rows) if unique else {}
         out: list[Claim | None] = []
         seen: set[Key] = set()
@@ -433,6 +495,9 @@ class PostgresLedger:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._beat_conn is not None:
+            with suppress(*_OUTAGE):
+                await self._beat_conn.close(timeout=2)
         lost = [i for i in await self._writes.close(grace) if isinstance(i, _Finish)]
         if lost:
             log.error(
@@ -463,5 +528,4 @@ def _int32(value: int | None) -> int | None:
 
 def _no_secrets(exc: BaseException) -> str:
     """An error line without what a DSN may carry (asyncpg quotes neither, but be sure)."""
-    text = f"{type(exc).__name__}: {exc}"
-    return re.sub(r"://([^:/@\s]+):[^@/\s]+@", r"://\1:***@", text)[:300]
+    return masked(f"{type(exc).__name__}: {exc}")[:300]

@@ -17,10 +17,13 @@ CREATE INDEX wa_messages_internal_id ON wa_messages (internal_id);
 
 -- Liveness: each daemon writes its heartbeat here. A claim whose holder has not been seen
 -- for a few heartbeats is taken over at once instead of waiting out its lease.
+-- Each daemon says how long it counts as alive (its own heartbeat times three), so daemons
+-- with different heartbeat settings judge each other by the holder's word.
 CREATE TABLE wa_consumers (
-    id         text PRIMARY KEY,
-    started_at timestamptz NOT NULL DEFAULT now(),
-    seen_at    timestamptz NOT NULL DEFAULT now()
+    id          text PRIMARY KEY,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    seen_at     timestamptz NOT NULL DEFAULT now(),
+    alive_until timestamptz NOT NULL
 );
 
 -- A dead message's copy is confirmed in the DLQ ('dead'; 'dying' until then). A redelivery
