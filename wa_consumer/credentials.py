@@ -32,6 +32,7 @@ from .errors import (
     TenantSuspended,
     TenantUnknown,
 )
+from .settings import safe_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ class TenantServiceSource:
         self._sleep = sleep
 
     def __repr__(self) -> str:
-        return f"TenantServiceSource({self._base!r})"
+        return f"TenantServiceSource({safe_url(self._base)!r})"
 
     def url_for(self, tenant_id: str) -> URL:
         """The tenant's credentials URL, the id quoted so it stays one path segment."""
