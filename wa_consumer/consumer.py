@@ -109,7 +109,9 @@ class Daemon:
         self._ledger_reachable = True  # the last ping's answer
 
     def request_stop(self) -> None:
-        """First call: graceful stop. Second call: stop at once (the broker keeps the rest)."""
+        """First call: graceful stop. Second call: end the grace at once; what has not been
+        claimed is handed back, and a claimed message (its send may be on the wire) still
+        finishes within its own timeouts and is recorded and settled."""
         if self._stop.is_set():
             log.warning("second_signal_stopping_now")
             self._hard_stop.set()
