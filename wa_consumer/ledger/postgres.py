@@ -278,7 +278,9 @@ class PostgresLedger:
                 if first:
                     await target.execute(_FORGET_OLD)
         except _OUTAGE as exc:
-            self._beat_conn = None
+            if self._beat_conn is not None:
+                self._beat_conn.terminate()  # a fresh one next beat
+                self._beat_conn = None
             log.debug("ledger_heartbeat_failed", error=type(exc).__name__)
 
     async def _heartbeat_connection(self) -> asyncpg.Connection[Any] | None:
