@@ -55,7 +55,7 @@ async def test_a_live_consumers_claim_holds_and_a_dead_ones_is_taken_over(databa
                 "UPDATE wa_consumers SET alive_until = now() - interval '1 s' WHERE id = $1",
                 holder.consumer,
             )
-            holder._heartbeat.cancel()  # type: ignore[union-attr]
+            holder.heartbeat.stop_beating()
         finally:
             await connection.close()
         assert await other.claim(m) is Claim.CLAIMED  # long before the 60 s lease
@@ -74,7 +74,7 @@ async def test_a_result_does_not_overwrite_a_claim_taken_over_unless_it_is_a_sen
                 "UPDATE wa_consumers SET alive_until = now() - interval '1 s' WHERE id = $1",
                 first.consumer,
             )
-            first._heartbeat.cancel()  # type: ignore[union-attr]
+            first.heartbeat.stop_beating()
             for msg in (m, n):
                 assert await second.claim(msg) is Claim.CLAIMED
             await first.finish(m, Record("retry_scheduled", 1, next_in=30), [])

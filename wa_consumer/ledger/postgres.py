@@ -26,6 +26,8 @@ from ..outcomes import Failure
 from ..seams import Attempt, Claim, Record
 from ..settings import masked
 from .batch import Batcher
+from .heartbeat import OUTAGE as _OUTAGE
+from .heartbeat import Heartbeat
 from .migrate import migrate
 
 log = get_logger("ledger")
@@ -93,10 +95,6 @@ JOIN unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
   ON m.tenant_id = k.tenant_id AND m.internal_id = k.internal_id
 """
 
-_HEARTBEAT = """
-INSERT INTO wa_consumers (id, alive_until) VALUES ($1, now() + make_interval(secs => $2))
-ON CONFLICT (id) DO UPDATE SET seen_at = now(), alive_until = EXCLUDED.alive_until
-"""
 # Claims whose answer an outage took: released once the database is back (peers need not
 # wait out the lease), unless the message is ours again by then.
 _RELEASE = """
@@ -106,11 +104,8 @@ FROM unnest($1::text[], $2::text[]) AS k (tenant_id, internal_id)
 WHERE m.tenant_id = k.tenant_id AND m.internal_id = k.internal_id
   AND m.claimed_by = $3 AND m.status = 'claimed'
 """
-_FORGET_OLD = "DELETE FROM wa_consumers WHERE seen_at < now() - interval '1 day'"
-_GONE = "DELETE FROM wa_consumers WHERE id = $1"
 
-#: Errors that say the database is away or overloaded: consuming pauses, results are kept.
-_OUTAGE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
+# ``_OUTAGE`` (heartbeat.py): the database away or overloaded: consuming pauses, results kept.
 #: A conflict between two daemons' statements: tried again at once before it counts.
 _CONFLICT = asyncpg.TransactionRollbackError
 #: Refused rows in a row, with none taken between, that say the statement or the schema is
@@ -192,15 +187,13 @@ class PostgresLedger:
         max_deliveries: int = 5,
         finish_timeout: float = 5.0,
         heartbeat_seconds: float = 2.0,
+        url: str | None = None,
     ) -> None:
         self._pool = pool
         self._lease = lease_seconds
         self._max_deliveries = max_deliveries
         self._finish_timeout = finish_timeout
-        self._heartbeat_every = heartbeat_seconds
         # A consumer unseen for this long is gone: its claims may be taken over.
-        self._liveness = max(3 * heartbeat_seconds, 1.0)
-        self._heartbeat: asyncio.Task[None] | None = None
         self.consumer = consumer_id()
         # Keys this process holds a claim on now. A claim of our own that is in the database but
         # not here (its answer was lost in an outage) may be taken again at once, no lease wait.
@@ -210,8 +203,8 @@ class PostgresLedger:
         self._own_copy_wait = min(lease_seconds / 2, 30.0)
         self._unknown: set[Key] = set()  # claims whose answer an outage took
         self._refused_in_a_row = 0
-        self._url: str | None = None  # for the heartbeat's own connection
-        self._beat_conn: asyncpg.Connection[Any] | None = None
+        # The heartbeat's own connection needs the URL; without one it beats on the pool.
+        self.heartbeat = Heartbeat(pool, self.consumer, heartbeat_seconds, url)
         self._healthy = True
         # Claims fail fast in an outage (the message goes back to the queue); a finish is kept
         # and written when the database is back.
@@ -246,48 +239,15 @@ class PostgresLedger:
                     log.info("ledger_migrated", applied=applied)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise LedgerUnavailable(f"cannot open the ledger: {_no_secrets(exc)}") from None
-        ledger = cls(pool, **kwargs)
-        ledger._url = url
-        return ledger
+        return cls(pool, url=url, **kwargs)
 
     @property
     def healthy(self) -> bool:
         return self._healthy
 
     async def start(self) -> None:
-        """Say this consumer is alive now, and keep saying it."""
-        await self._beat(first=True)
-        self._heartbeat = asyncio.create_task(self._beating(), name="ledger-heartbeat")
-
-    async def _beating(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_every)
-            try:
-                await self._beat()
-            except Exception:
-                log.exception("ledger_heartbeat_error")
-
-    async def _beat(self, *, first: bool = False) -> None:
-        """On a connection of its own when it can: a busy pool must not make us look dead."""
-        try:
-            async with asyncio.timeout(self._liveness / 2):
-                if self._beat_conn is None or self._beat_conn.is_closed():
-                    self._beat_conn = await self._heartbeat_connection()
-                target = self._beat_conn if self._beat_conn is not None else self._pool
-                await target.execute(_HEARTBEAT, self.consumer, self._liveness)
-                if first:
-                    await target.execute(_FORGET_OLD)
-        except _OUTAGE as exc:
-            if self._beat_conn is not None:
-                self._beat_conn.terminate()  # a fresh one next beat
-                self._beat_conn = None
-            log.debug("ledger_heartbeat_failed", error=type(exc).__name__)
-
-    async def _heartbeat_connection(self) -> asyncpg.Connection[Any] | None:
-        if self._url is None:
-            return None  # built around a pool given by the caller: beat on the pool
-        connection: asyncpg.Connection[Any] = await asyncpg.connect(self._url, timeout=5)
-        return connection
+        """Say this consumer is alive now, and keep saying it (``heartbeat``)."""
+        await self.heartbeat.start()
 
     def _down(self, exc: BaseException) -> None:
         if self._healthy:
@@ -494,12 +454,6 @@ class PostgresLedger:
 
     async def close(self, grace: float = 5.0) -> None:
         """Write what is queued (up to ``grace``), say so of what could not be, and leave."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-        if self._beat_conn is not None:
-            with suppress(*_OUTAGE):
-                await self._beat_conn.close(timeout=2)
         lost = [i for i in await self._writes.close(grace) if isinstance(i, _Finish)]
         if lost:
             log.error(
@@ -511,11 +465,8 @@ class PostgresLedger:
                     for f in lost[:100]
                 ],
             )
-        else:
-            # No claim of ours is left open: nobody needs to wait for this consumer's lease.
-            with suppress(*_OUTAGE):
-                async with asyncio.timeout(2):
-                    await self._pool.execute(_GONE, self.consumer)
+        # With no result left unwritten, no claim of ours is open: the heartbeat row goes.
+        await self.heartbeat.close(gone=not lost)
         await self._pool.close()
 
 
