@@ -1,7 +1,7 @@
 """What the chaos scenarios share.
 
 The daemon is the real one, ``python -m wa_consumer run`` in a process of its own, configured
-by ``WA_*`` variables alone and reached through ``ChaosProxy``s in front of RabbitMQ,
+by ``WA_*`` variables alone and reached through ``TcpProxy``s in front of RabbitMQ,
 PostgreSQL, Redis and the tenant service; its log goes to a file per process (the path is in
 every failure message). The sandbox serves the Cloud API in the test process.
 
@@ -41,7 +41,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from yarl import URL
 
-from .proxy import ChaosProxy, Fault
+from ..integration.proxy import Fault, TcpProxy
 
 REDIS_URL = os.environ.get("WA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -331,10 +331,10 @@ class Chaos:
         self.retry_prefix = f"retry-{tag}-"
         self.routing_key_prefix = "outbound.processed"
         self.dead_routing_key = "outbound.failed"
-        self.amqp = ChaosProxy.before(amqp_url, "rabbitmq")
-        self.postgres = ChaosProxy.before(database_url, "postgresql")
-        self.redis = ChaosProxy.before(REDIS_URL, "redis")
-        self.tenants = ChaosProxy.before(sandbox.url, "tenant-service")
+        self.amqp = TcpProxy.before(amqp_url, "rabbitmq")
+        self.postgres = TcpProxy.before(database_url, "postgresql")
+        self.redis = TcpProxy.before(REDIS_URL, "redis")
+        self.tenants = TcpProxy.before(sandbox.url, "tenant-service")
         self.settings: dict[str, Any] = {}
         self.daemons: list[Daemon] = []
         self.published: list[str] = []
@@ -442,7 +442,7 @@ class Chaos:
     async def _witnessed(self, message: AbstractIncomingMessage) -> None:
         self.witness.on_message(message)
 
-    async def outage(self, proxy: ChaosProxy, seconds: float, name: str) -> Fault:
+    async def outage(self, proxy: TcpProxy, seconds: float, name: str) -> Fault:
         """Take ``proxy``'s server away for ``seconds`` (cut and refused), then back."""
         sent = self.view.sent_count()
         fault = await proxy.outage(seconds, name)

@@ -22,8 +22,8 @@ import pytest
 
 from wa_consumer.sandbox import FailureRule
 
+from ..integration.proxy import Fault
 from .harness import Chaos, Daemon, judge, poll, until
-from .proxy import Fault
 
 pytestmark = pytest.mark.integration
 

@@ -136,14 +136,13 @@ async def test_database_cut_off_under_load_pauses_then_resumes(vhost, sandbox, d
             for to in recipients:
                 await broker.publish(text_message("acme", to))
             await wait_for(lambda: _sent_at_least(sandbox, 50))
-            proxy.refusing = True
-            proxy.drop()
+            proxy.down()
             await wait_for(lambda: _not_consuming(daemon), timeout=15)
             paused_at = sum(sends(sandbox).values())
             await asyncio.sleep(2)
             # Paused: nothing new is sent while the ledger is away (in-flight ones may finish).
             assert sum(sends(sandbox).values()) <= paused_at + settings.prefetch
-            proxy.refusing = False
+            await proxy.accept()
             await wait_for(lambda: _all(sandbox, recipients), timeout=60)
             assert daemon.consuming.is_set()
             assert await broker.count(settings.dead_letter_queue) == 0
@@ -333,8 +332,7 @@ async def test_a_result_the_database_cannot_take_is_kept_and_written_when_it_is_
     )
     try:
         assert await ledger.claim(message) is Claim.CLAIMED
-        proxy.refusing = True
-        proxy.drop()
+        proxy.down()
         started = time.perf_counter()
         attempt = Attempt(1, datetime.now(UTC), 12.0, "sent", http_status=200)
         record = Record("sent", 0, wamid="wamid.kept")
@@ -343,7 +341,7 @@ async def test_a_result_the_database_cannot_take_is_kept_and_written_when_it_is_
         assert 0.4 < waited < 3.0  # bounded: the broker is not held up by the ledger
         assert not ledger.healthy
         assert await ledger.claim(message) is Claim.BUSY  # still ours until it is written
-        proxy.refusing = False
+        await proxy.accept()
         await wait_for(lambda: _status_is(database, message.internal_id, "sent"), timeout=15)
     finally:
         await ledger.close()

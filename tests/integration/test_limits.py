@@ -324,11 +324,10 @@ async def test_redis_outage_falls_back_to_a_share_in_process_and_comes_back(
         async with running(settings):
             await until_sent(sandbox, 150, A)
             cut = time.time()
-            proxy.refusing = True
-            proxy.drop()
+            proxy.down()
             await until_sent(sandbox, 250, A)
             back = time.time()
-            proxy.refusing = False
+            await proxy.accept()
             times = await until_sent(sandbox, 450, A)
             await nothing_dead(settings)
     finally:
@@ -369,14 +368,13 @@ async def test_redis_schedule_hands_over_to_and_from_the_local_one(redis_prefix)
     try:
         waits = [await s.book("n", 0.1, 1.0) for s in (one, two, one, two)]
         assert [round(w or 0, 1) for w in waits] == [0.0, 0.1, 0.2, 0.3]  # one schedule
-        proxy.refusing = True
-        proxy.drop()
+        proxy.down()
         local = [await one.book("n", 0.1, 5.0) for _ in range(4)]
         assert not one.available
         # After its own last Redis slot (0.2, + 0.1), at half the rate: 0.2 s apart.
         assert [round(w or 0, 1) for w in local] == [0.3, 0.5, 0.7, 0.9]
         local_end = time.monotonic() + (local[-1] or 0) + 0.2
-        proxy.refusing = False
+        await proxy.accept()
         await asyncio.sleep(0.3)
         expected = local_end - time.monotonic()
         handed = await one.book("n", 0.1, 5.0)  # Redis again: not before the local slots end

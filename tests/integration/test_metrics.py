@@ -278,14 +278,13 @@ async def test_readyz_flips_to_503_when_the_broker_connection_is_cut(vhost, sand
             assert status == 200, body
             assert orjson.loads(body)["checks"] == {"broker": "ok", "consuming": "ok"}
 
-            proxy.refusing = True
-            proxy.drop()
+            proxy.down()
             status, body = await wait_for(lambda: _readyz(daemon, 503))
             assert orjson.loads(body)["failed"] == ["broker"]
             assert (await get(daemon, "/healthz"))[0] == 200  # alive all the same
             assert value(await scrape(daemon), "wa_broker_connected") == 0
 
-            proxy.refusing = False
+            await proxy.accept()
             await wait_for(lambda: _readyz(daemon, 200), timeout=30)
             assert value(await scrape(daemon), "wa_broker_connected") == 1
             async with broker_for(direct) as broker:  # and it consumes again
@@ -310,13 +309,12 @@ async def test_readyz_flips_to_503_when_the_ledger_is_unreachable(vhost, sandbox
             assert status == 200, body
             assert orjson.loads(body)["checks"]["ledger"] == "ok"
 
-            proxy.refusing = True
-            proxy.drop()
+            proxy.down()
             _, body = await wait_for(lambda: _readyz(daemon, 503))
             assert "ledger" in orjson.loads(body)["failed"]
             await wait_for(lambda: _gauge(daemon, "wa_ledger_up", 0))
 
-            proxy.refusing = False
+            await proxy.accept()
             await wait_for(lambda: _readyz(daemon, 200))
             await wait_for(lambda: _gauge(daemon, "wa_ledger_up", 1))
     finally:

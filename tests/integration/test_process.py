@@ -149,7 +149,7 @@ async def test_consuming_resumes_after_the_broker_connection_drops(vhost, sandbo
         async with running(settings), broker_for(direct) as broker:
             await broker.publish(text_message("acme", "27840000001"))
             await wait_for(lambda: _all_sent(sandbox, ["27840000001"]))
-            proxy.drop()
+            proxy.cut()
             await asyncio.sleep(0.5)
             await broker.publish(text_message("acme", "27840000002"))
             await wait_for(lambda: _all_sent(sandbox, ["27840000002"]), timeout=30)

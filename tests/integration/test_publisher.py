@@ -176,7 +176,7 @@ async def test_connection_lost_mid_batch_is_reported_per_message_not_swallowed(v
                 batch = asyncio.create_task(publisher.publish_many(messages))
                 await wait_for(lambda: _at_least(broker, settings.queue, 200), interval=0.01)
                 assert not batch.done(), "the batch ended before the cut: make it larger"
-                proxy.drop()
+                proxy.cut()
                 results = await batch
 
                 # The robust connection comes back by itself, and publishing works again.
