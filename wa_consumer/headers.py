@@ -79,7 +79,7 @@ def read(headers: Mapping[str, Any] | None) -> Counts:
         retries=count(headers, RETRY_COUNT),
         replays=count(headers, REPLAY_COUNT),
         deliveries=max(count(headers, DELIVERIES), count(headers, QUORUM_DELIVERIES)),
-        first_failed_at=_time(headers.get(FIRST_FAILED)),
+        first_failed_at=moment(headers.get(FIRST_FAILED)),
     )
 
 
@@ -119,8 +119,8 @@ def count_or_zero(headers: Mapping[str, Any] | None, name: str) -> int:
         return 0
 
 
-def _time(value: object) -> datetime | None:
-    """An ISO-8601 time (or AMQP timestamp); anything else is ignored, it only dates a copy."""
+def moment(value: object) -> datetime | None:
+    """An ISO-8601 time (or AMQP timestamp), always with a zone; anything else is None."""
     if isinstance(value, bytes | bytearray):
         value = bytes(value[:64]).decode("ascii", "ignore")
     if isinstance(value, datetime):

@@ -150,7 +150,7 @@ def _unbounded(to: object, extra: Mapping[str, Any]) -> tuple[str, str] | None:
     if not extra:
         return None
     # Depth first: orjson refuses to write past 255 levels, and PostgreSQL's jsonb nests less.
-    stack: list[tuple[str, Any, int]] = [(f"metadata.{k}", v, 1) for k, v in extra.items()]
+    stack: list[tuple[str, Any, int]] = [("metadata", extra, 0)]
     while stack:
         where, value, depth = stack.pop()
         if depth > MAX_METADATA_DEPTH:
@@ -158,16 +158,13 @@ def _unbounded(to: object, extra: Mapping[str, Any]) -> tuple[str, str] | None:
         if isinstance(value, str):
             if "\x00" in value:
                 return _cut(where, _MAX_WHERE), "holds a NUL character (\\u0000)"
-        elif isinstance(value, dict):
+        elif isinstance(value, Mapping):
             for key, item in value.items():
                 if "\x00" in key:
                     return _cut(where, _MAX_WHERE), "has a key with a NUL character (\\u0000)"
                 stack.append((f"{where}.{key}", item, depth + 1))
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
-    for key in extra:
-        if "\x00" in key:
-            return "metadata", "has a key with a NUL character (\\u0000)"
     size = len(orjson.dumps(dict(extra)))
     if size > MAX_METADATA_BYTES:
         return "metadata", (

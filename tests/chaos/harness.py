@@ -713,6 +713,17 @@ class Chaos:
             figures, self.published, lost, doubled, misplaced, waiting, dead, unsettled
         )
 
+    def tokens_in_logs(self) -> int:
+        """Lines of the daemons' logs holding a tenant's access token (SPEC §6: none)."""
+        state = self.sandbox.state
+        tokens = [state.token(t.id) for t in state.config.tenants]
+        return sum(
+            1
+            for daemon in self.daemons
+            for line in daemon.text().splitlines()
+            if any(token in line for token in tokens)
+        )
+
     def unconfirmed(self, routing_key: str) -> int:
         """Republishes to ``routing_key`` the daemons logged as not confirmed."""
         count = 0
@@ -815,5 +826,7 @@ async def judge(
     if not dead_allowed and f.dead:
         categories = dict(Counter(result.dead.values()))
         found.append(f"{f.dead} dead though every message could be sent: {categories}")
+    if leaked := chaos.tokens_in_logs():
+        found.append(f"access tokens in the daemon's log: {leaked} lines")
     if found:
         raise AssertionError("; ".join(found) + "\n" + await chaos.evidence(result))

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
+from .. import headers as h
 from ..headers import ERROR_CATEGORY as H_CATEGORY
 from ..headers import ERROR_CODE as H_CODE
 from ..headers import ERROR_MESSAGE as H_MESSAGE
@@ -71,19 +72,6 @@ def _int(value: Any) -> int:
         return max(0, int(_text(value) or 0))
     except ValueError:
         return 0
-
-
-def parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    text = _text(value)
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _first_death(headers: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +168,7 @@ def describe(delivery: AbstractIncomingMessage, position: int) -> DeadRecord:
     if tenant is None and original_key and "." in original_key:
         tenant = original_key.rsplit(".", 1)[-1]
     subcode = headers.get(H_SUBCODE)
-    failed_at = parse_time(headers.get(H_FAILED)) or parse_time(death.get("time"))
+    failed_at = h.moment(headers.get(H_FAILED)) or h.moment(death.get("time"))
     return DeadRecord(
         position=position,
         internal_id=_text(metadata.get("internalId")) or delivery.message_id,
@@ -192,10 +180,10 @@ def describe(delivery: AbstractIncomingMessage, position: int) -> DeadRecord:
         code=code,
         subcode=_int(subcode) if subcode is not None else None,
         message=text,
-        failed_at=failed_at or parse_time(delivery.timestamp),
-        first_failed_at=parse_time(headers.get(H_FIRST_FAILED)) or failed_at,
-        retry_count=_int(headers.get(H_RETRY_COUNT)),
-        replay_count=_int(headers.get(H_REPLAY_COUNT)),
+        failed_at=failed_at or h.moment(delivery.timestamp),
+        first_failed_at=h.moment(headers.get(H_FIRST_FAILED)) or failed_at,
+        retry_count=h.count_or_zero(headers, H_RETRY_COUNT),
+        replay_count=h.count_or_zero(headers, H_REPLAY_COUNT),
         routing_key=original_key,
         fingerprint=fingerprint(category, code, text),
         ledger_tenant=ledger_tenant,

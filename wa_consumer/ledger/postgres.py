@@ -136,6 +136,14 @@ _SETTLED = {"sent": Claim.ALREADY_SENT, "dead": Claim.ALREADY_DEAD, "dying": Cla
 
 
 @dataclass(frozen=True, slots=True)
+class _Claim:
+    """A message to claim, with the replay count of the delivery (see the claim statement)."""
+
+    message: Outbound
+    replays: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Finish:
     """A message's result, waiting to be written with the next batch."""
 
@@ -166,7 +174,7 @@ def _json(rows: list[tuple[Any, ...]]) -> str:
     return orjson.dumps(rows, default=dict, option=orjson.OPT_NAIVE_UTC).decode()
 
 
-def _is_finish(item: Outbound | _Finish) -> bool:
+def _is_finish(item: _Claim | _Finish) -> bool:
     return isinstance(item, _Finish)
 
 
@@ -198,7 +206,6 @@ class PostgresLedger:
         # Keys this process holds a claim on now. A claim of our own that is in the database but
         # not here (its answer was lost in an outage) may be taken again at once, no lease wait.
         self._active: dict[Key, asyncio.Future[None]] = {}
-        self._replays: dict[Key, int] = {}  # x-replay-count of claims waiting to be written
         self._failures: dict[Key, Failure] = {}  # why a dying message died, for its next copy
         self._own_copy_wait = min(lease_seconds / 2, 30.0)
         self._unknown: set[Key] = set()  # claims whose answer an outage took
@@ -208,7 +215,7 @@ class PostgresLedger:
         self._healthy = True
         # Claims fail fast in an outage (the message goes back to the queue); a finish is kept
         # and written when the database is back.
-        self._writes: Batcher[Outbound | _Finish, Claim | None] = Batcher(
+        self._writes: Batcher[_Claim | _Finish, Claim | None] = Batcher(
             self._write, keep=_is_finish, transient=_is_outage, on_error=self._down
         )
 
@@ -292,18 +299,14 @@ class PostgresLedger:
                 return Claim.BUSY
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._active[key] = done
-        if replays:
-            self._replays[key] = replays
         try:
-            claim = await self._writes.submit(message)
+            claim = await self._writes.submit(_Claim(message, replays))
         except BaseException as exc:
             self._release(key)
             if _is_outage(exc):
                 self._unknown.add(key)  # it may have been written: released when back
                 raise LedgerUnavailable(f"claim failed: {type(exc).__name__}") from exc
             raise
-        finally:
-            self._replays.pop(key, None)
         assert claim is not None  # a claim's result is always a Claim
         if claim is not Claim.CLAIMED and claim is not Claim.CRASH_LOOP:
             self._release(key)
@@ -338,7 +341,7 @@ class PostgresLedger:
                 error=_no_secrets(exc),
             )
 
-    async def _write(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
+    async def _write(self, items: Sequence[_Claim | _Finish]) -> list[Claim | None]:
         """Write a batch; a row the database refuses is found by halving, and only it fails."""
         try:
             try:
@@ -352,7 +355,7 @@ class PostgresLedger:
                 return [*await self._write(items[:half]), *await self._write(items[half:])]
             return [await self._refused(items[0], exc)]
 
-    async def _refused(self, item: Outbound | _Finish, exc: BaseException) -> Claim | None:
+    async def _refused(self, item: _Claim | _Finish, exc: BaseException) -> Claim | None:
         """The one row the database cannot take: a claim is that message's ``REFUSED``; a
         result is written again without its texts, the outcome itself never lost."""
         if not isinstance(item, _Finish):
@@ -363,8 +366,8 @@ class PostgresLedger:
                 ) from exc
             log.warning(
                 "ledger_refused_claim",
-                tenant_id=item.tenant_id,
-                internal_id=item.internal_id,
+                tenant_id=item.message.tenant_id,
+                internal_id=item.message.internal_id,
                 error=_no_secrets(exc),
             )
             return Claim.REFUSED
@@ -383,12 +386,13 @@ class PostgresLedger:
             log.error("ledger_result_dropped", internal_id=item.message.internal_id)
         return None
 
-    async def _statement(self, items: Sequence[Outbound | _Finish]) -> list[Claim | None]:
+    async def _statement(self, items: Sequence[_Claim | _Finish]) -> list[Claim | None]:
         finishes = [i for i in items if isinstance(i, _Finish)]
-        claims = [i for i in items if not isinstance(i, _Finish)]
-        replays = self._replays
+        claims = [i for i in items if isinstance(i, _Claim)]
         # One claim per key per statement: ON CONFLICT cannot touch a row twice.
-        unique = list({(m.tenant_id, m.internal_id): m for m in reversed(claims)}.values())
+        unique = list(
+            {(c.message.tenant_id, c.message.internal_id): c for c in reversed(claims)}.values()
+        )
         finished = [
             (f.message.tenant_id, f.message.internal_id, r.status, r.wamid, r.retries, r.code,
              r.category, _clean(r.message), r.next_in)
@@ -404,8 +408,9 @@ class PostgresLedger:
         ]  # fmt: skip
         claimed = [
             (m.tenant_id, m.internal_id, m.phone_number_id, m.to, m.type, m.extra or None,
-             replays.get((m.tenant_id, m.internal_id), 0))
-            for m in unique
+             c.replays)
+            for c in unique
+            for m in (c.message,)
         ]  # fmt: skip
         rows = await self._pool.fetch(
             _WRITE, _json(finished), _json(attempts), _json(claimed), self.consumer, self._lease
@@ -413,14 +418,14 @@ class PostgresLedger:
         self._healthy = True
         if unique:
             self._refused_in_a_row = 0
-        verdict = await self._verdicts(unique, rows) if unique else {}
+        verdict = await self._verdicts([c.message for c in unique], rows) if unique else {}
         out: list[Claim | None] = []
         seen: set[Key] = set()
         for item in items:
             if isinstance(item, _Finish):
                 out.append(None)
                 continue
-            key = (item.tenant_id, item.internal_id)
+            key = (item.message.tenant_id, item.message.internal_id)
             # A second copy in the same batch waits for the first.
             out.append(Claim.BUSY if key in seen else verdict[key])
             seen.add(key)
