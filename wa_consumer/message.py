@@ -34,6 +34,8 @@ MAX_RECIPIENT_CHARS = 64
 MAX_METADATA_BYTES = 16 * 1024
 """Largest JSON of the extra metadata keys (kept in the ledger and the logs)."""
 MAX_METADATA_DEPTH = 16
+CALLBACK_KEY = "biz_opaque_callback_data"
+"""Meta echoes it in the message's status webhooks (512 characters at most)."""
 
 _MAX_REASON = 300
 _MAX_WHERE = 200
@@ -91,6 +93,8 @@ class Outbound:
     """The ``wabaPayload`` as received, as JSON: the body POSTed to Meta."""
     extra: Mapping[str, Any]
     """Metadata keys other than the four above."""
+    callback: str | None = None
+    """The producer's own ``biz_opaque_callback_data``, when it is not the internalId."""
 
 
 def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
@@ -120,15 +124,23 @@ def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
         raise InvalidMessage(
             problem[1], problem[0], tenant_id=metadata.tenantId, internal_id=metadata.internalId
         )
+    kind = message.wabaPayload.kind
+    callback = waba.get(CALLBACK_KEY)
+    if callback is None and kind != "status":
+        # Echoed in every status webhook of this message: a status ties to its message even
+        # when the send's answer (its wamid) was lost (SPEC §13). Not for read receipts and
+        # typing indicators, which have no statuses.
+        waba[CALLBACK_KEY] = metadata.internalId
     return Outbound(
         tenant_id=metadata.tenantId,
         internal_id=metadata.internalId,
         phone_number_id=metadata.phoneNumberId,
         expires_at=metadata.expiresAt,
-        type=message.wabaPayload.kind,
+        type=kind,
         to=to if isinstance(to, str) else None,
         payload=_payload(waba, metadata.tenantId, metadata.internalId),
         extra=extra,
+        callback=callback if isinstance(callback, str) and callback != metadata.internalId else None,
     )
 
 

@@ -23,7 +23,14 @@ from .errors import SettingsError
 MASK: Final = "***"
 #: Settings that are secrets as a whole: a bad one is named, its value never shown.
 _SECRET_SETTINGS: Final = frozenset(
-    {"WA_TENANT_SERVICE_TOKEN", "WA_STATIC_CREDENTIALS", "WA_ALERT_WEBHOOK_URL"}
+    {
+        "WA_TENANT_SERVICE_TOKEN",
+        "WA_STATIC_CREDENTIALS",
+        "WA_ALERT_WEBHOOK_URL",
+        "WA_WEBHOOK_VERIFY_TOKEN",
+        "WA_WEBHOOK_APP_SECRET",
+        "WA_WEBHOOK_APP_SECRETS",
+    }
 )
 #: A key of a static credential entry whose value is a secret (``accessToken``).
 _SECRET_KEY: Final = re.compile(r"pass|secret|token|key", re.IGNORECASE)
@@ -122,6 +129,26 @@ class Settings(BaseSettings):
     throttle_requeue_seconds: float = Field(default=1.0, ge=0)  # its wait queue; 0: 1st step
     pair_min_interval_seconds: float = Field(default=0.0, ge=0)  # per recipient; 0: off
 
+    # Delivery statuses (SPEC §13): the webhook receiver, and the status consumer in ``run``
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = Field(default=8090, ge=0, le=65535)
+    webhook_path: str = Field(default="/webhook", pattern=r"^/[!-~]*$")
+    webhook_verify_token: SecretStr | None = None  # Meta's subscription check
+    webhook_app_secret: SecretStr | None = None  # signs X-Hub-Signature-256
+    webhook_app_secrets: list[SecretStr] = Field(default_factory=list)  # several Meta apps
+    webhook_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    webhook_publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_exchange: str = "whatsapp-webhooks"
+    webhook_queue: str = "inbound-webhooks"
+    webhook_routing_key: str = "webhook.whatsapp"
+    webhook_failed_queue: str = "inbound-webhooks-failed"  # bodies that cannot be read
+    inbound_messages_queue: str = "inbound-messages"
+    inbound_routing_key: str = "inbound.message"
+    inbound_messages: bool = True  # forward customers' messages; False: drop them (counted)
+    statuses_enabled: bool = True  # apply statuses to the ledger in ``run`` (ledger on)
+    statuses_prefetch: int = Field(default=500, ge=1, le=65535)
+    statuses_batch_seconds: float = Field(default=0.05, ge=0, le=5)
+
     # Process
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
@@ -178,6 +205,24 @@ class Settings(BaseSettings):
         if isinstance(text, str) and not text.startswith(("http://", "https://")):
             raise ValueError("expected an http:// or https:// URL")
         return value
+
+    @field_validator("webhook_verify_token", "webhook_app_secret", mode="before")
+    @classmethod
+    def _empty_secret(cls, value: object) -> object:
+        return None if value == "" else value  # WA_WEBHOOK_APP_SECRET= (empty): unset
+
+    @field_validator("webhook_app_secrets")
+    @classmethod
+    def _secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not s.get_secret_value() for s in value):
+            raise ValueError("an app secret cannot be empty")
+        return value
+
+    @property
+    def webhook_secrets(self) -> tuple[bytes, ...]:
+        """Every app secret a webhook's signature may be made with."""
+        every = [self.webhook_app_secret, *self.webhook_app_secrets]
+        return tuple(s.get_secret_value().encode() for s in every if s is not None)
 
     @field_validator("number_rates")
     @classmethod

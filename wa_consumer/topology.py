@@ -34,6 +34,7 @@ class Topology:
 
     exchange: str
     dead_letter_exchange: str
+    webhook_exchange: str
     queues: tuple[QueueSpec, ...]
     retry_queues: dict[float, str]
 
@@ -74,7 +75,42 @@ class Topology:
             )
             for delay, name in retry_queues.items()
         )
-        return cls(s.exchange, s.dead_letter_exchange, (main, dead, *waits), retry_queues)
+        return cls(
+            s.exchange,
+            s.dead_letter_exchange,
+            s.webhook_exchange,
+            (main, dead, *waits, *_webhook_queues(s, qtype)),
+            retry_queues,
+        )
+
+    @property
+    def exchanges(self) -> tuple[str, ...]:
+        return (self.exchange, self.dead_letter_exchange, self.webhook_exchange)
+
+
+def _webhook_queues(s: Settings, qtype: FieldTable) -> tuple[QueueSpec, ...]:
+    """SPEC §13: webhook bodies as Meta sent them, the ones that cannot be read, and
+    customers' messages for the application."""
+    failed_key = f"{s.webhook_routing_key}.failed"
+    return (
+        QueueSpec(
+            s.webhook_queue,
+            {
+                **qtype,
+                "x-dead-letter-exchange": s.dead_letter_exchange,
+                "x-dead-letter-routing-key": failed_key,
+            },
+            s.webhook_exchange,
+            (s.webhook_routing_key, f"{s.webhook_routing_key}.#"),
+        ),
+        QueueSpec(s.webhook_failed_queue, dict(qtype), s.dead_letter_exchange, (failed_key,)),
+        QueueSpec(
+            s.inbound_messages_queue,
+            dict(qtype),
+            s.webhook_exchange,
+            (s.inbound_routing_key, f"{s.inbound_routing_key}.#"),
+        ),
+    )
 
 
 _INEQUIVALENT = re.compile(
@@ -105,7 +141,7 @@ async def declare(
     Raises ``TopologyMismatch`` when a queue exists with other arguments, and
     ``WaConsumerError`` when ``check`` finds something missing.
     """
-    for name in (topology.exchange, topology.dead_letter_exchange):
+    for name in topology.exchanges:
         async with connection.channel() as channel:
             try:
                 await channel.declare_exchange(

@@ -48,7 +48,10 @@ NO_SANDBOX = "http://127.0.0.1:9"  # the DLQ commands never call the Cloud API
 
 def env_for(settings: Settings, database: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WA_")}
-    for name in ("amqp_url", "exchange", "dead_letter_exchange", "queue", "dead_letter_queue"):
+    for name in (
+        "amqp_url", "exchange", "dead_letter_exchange", "queue", "dead_letter_queue",
+        "webhook_exchange", "webhook_queue", "webhook_failed_queue", "inbound_messages_queue",
+    ):  # fmt: skip
         env[f"WA_{name.upper()}"] = getattr(settings, name)
     env["WA_RETRY_QUEUE_PREFIX"] = settings.retry_queue_prefix
     env["WA_QUEUE_TYPE"] = settings.queue_type

@@ -94,6 +94,10 @@ def prepare(settings: Settings) -> Place:
         "queue": f"{prefix}-processed",
         "dead_letter_queue": f"{prefix}-failed",
         "retry_queue_prefix": f"{prefix}-retry-",
+        "webhook_exchange": f"{prefix}-webhooks",
+        "webhook_queue": f"{prefix}-inbound-webhooks",
+        "webhook_failed_queue": f"{prefix}-inbound-webhooks-failed",
+        "inbound_messages_queue": f"{prefix}-inbound-messages",
     }
     return Place(settings.amqp_url, None, names, prefix, note)
 
@@ -112,12 +116,11 @@ async def remove_names(settings: Settings) -> None:
     connection = await connect(settings.amqp_url)
     try:
         # Deleting what does not exist succeeds: a run that failed early cleans up the same way.
-        queues = [settings.queue, settings.dead_letter_queue]
-        queues += Topology.from_settings(settings).retry_queues.values()
+        topology = Topology.from_settings(settings)
         async with connection.channel() as channel:
-            for name in queues:
-                await channel.queue_delete(name)
-            for name in (settings.exchange, settings.dead_letter_exchange):
+            for spec in topology.queues:
+                await channel.queue_delete(spec.name)
+            for name in topology.exchanges:
                 await channel.exchange_delete(name)
     finally:
         await connection.close()

@@ -64,16 +64,27 @@ WITH attempts AS (
       -- send Meta accepted is recorded whoever holds it.
       AND (m.claimed_by = $4 OR f->>2 = 'sent'
            OR (m.claimed_by IS NULL AND m.status = 'dying' AND f->>2 IN ('dead', 'dying')))
+), accepted AS (
+    -- The wamid's row, where its statuses land; one that came first (its send's result was
+    -- not written yet) is tied to its message now.
+    INSERT INTO wa_deliveries AS d (wamid, tenant_id, internal_id, status, accepted_at)
+    SELECT f->>3, f->>0, f->>1, 'accepted', now()
+    FROM jsonb_array_elements($1::jsonb) AS f
+    WHERE f->>2 = 'sent' AND f->>3 IS NOT NULL
+    ON CONFLICT (wamid) DO UPDATE SET
+        tenant_id = EXCLUDED.tenant_id, internal_id = EXCLUDED.internal_id,
+        accepted_at = COALESCE(d.accepted_at, EXCLUDED.accepted_at), updated_at = now()
+    WHERE d.tenant_id IS NULL OR d.accepted_at IS NULL
 )
 INSERT INTO wa_messages AS m (tenant_id, internal_id, phone_number_id, recipient, type,
-    metadata, replays, status, claimed_by, claim_expires_at, deliveries)
-SELECT c->>0, c->>1, c->>2, c->>3, c->>4, NULLIF(c->5, 'null'), (c->>6)::int,
+    metadata, replays, callback, status, claimed_by, claim_expires_at, deliveries)
+SELECT c->>0, c->>1, c->>2, c->>3, c->>4, NULLIF(c->5, 'null'), (c->>6)::int, c->>7,
     'claimed', $4, now() + make_interval(secs => $5), 1
 FROM jsonb_array_elements($3::jsonb) AS c
 ON CONFLICT (tenant_id, internal_id) DO UPDATE SET
     status = 'claimed', claimed_by = EXCLUDED.claimed_by,
     claim_expires_at = EXCLUDED.claim_expires_at, deliveries = m.deliveries + 1,
-    replays = EXCLUDED.replays, updated_at = now()
+    replays = EXCLUDED.replays, callback = EXCLUDED.callback, updated_at = now()
 WHERE m.status <> 'sent'
   -- Dead (its copy in the DLQ, or dying: a copy not confirmed): only a replay brings it back.
   AND NOT (m.status IN ('dead', 'dying') AND m.replays >= EXCLUDED.replays)
@@ -408,7 +419,7 @@ class PostgresLedger:
         ]  # fmt: skip
         claimed = [
             (m.tenant_id, m.internal_id, m.phone_number_id, m.to, m.type, m.extra or None,
-             c.replays)
+             c.replays, m.callback)
             for c in unique
             for m in (c.message,)
         ]  # fmt: skip
