@@ -40,6 +40,8 @@ from .seams import Ledger, Limiter, NullLedger
 from .settings import Settings, safe_url
 from .settle import Settler
 from .topology import Topology, declare
+from .webhooks.consumer import StatusConsumer
+from .webhooks.observe import StatusMetrics
 
 log = get_logger("consumer")
 
@@ -107,6 +109,7 @@ class Daemon:
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._connection: AbstractRobustConnection | None = None
         self._ledger_reachable = True  # the last ping's answer
+        self.statuses: StatusConsumer | None = None  # SPEC §13, with a ledger that keeps them
 
     def request_stop(self) -> None:
         """First call: graceful stop. Second call: end the grace at once; what has not been
@@ -171,6 +174,7 @@ class Daemon:
             consume_channel.reopen_callbacks.add(self._consume_again)
             queue_probe = self._observe(connection, pipeline)
             await self._consume()
+            await self._consume_statuses(connection, ledger)
             probe = asyncio.create_task(self._sample(queue_probe), name="queue-probe")
 
             await self._stop.wait()
@@ -178,6 +182,8 @@ class Daemon:
         finally:
             if self._pause_task is not None:
                 self._pause_task.cancel()
+            if self.statuses is not None:
+                await self.statuses.close(grace=min(5.0, s.shutdown_grace_seconds))
             if probe is not None:
                 probe.cancel()
                 await asyncio.wait([probe], timeout=5)
@@ -190,6 +196,15 @@ class Daemon:
             with suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
         return 0
+
+    async def _consume_statuses(self, connection: AbstractRobustConnection, ledger: Ledger) -> None:
+        """Delivery statuses into the ledger, when it keeps them and they are wanted."""
+        store = ledger.statuses() if self.settings.statuses_enabled else None
+        if store is None:
+            return
+        observer = StatusMetrics(self.metrics.registry, self.alerts)
+        self.statuses = StatusConsumer(connection, self.settings, store, observer)
+        await self.statuses.start()
 
     async def _consume(self) -> None:
         assert self._channel is not None

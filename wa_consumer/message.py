@@ -18,9 +18,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidMessage
-from .payloads import MESSAGE_TYPES, WabaPayload
+from .payloads import MESSAGE_TYPES, STATUS, WabaPayload, message_type
 
-__all__ = ["MAX_MESSAGE_BYTES", "Metadata", "Outbound", "OutboundMessage", "parse"]
+__all__ = [
+    "MAX_MESSAGE_BYTES", "Metadata", "Outbound", "OutboundMessage", "parse", "with_callback",
+]  # fmt: skip
 
 MAX_MESSAGE_BYTES = 256 * 1024
 """Default largest body accepted; a larger one is refused before it is decoded."""
@@ -125,12 +127,8 @@ def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
             problem[1], problem[0], tenant_id=metadata.tenantId, internal_id=metadata.internalId
         )
     kind = message.wabaPayload.kind
-    callback = waba.get(CALLBACK_KEY)
-    if callback is None and kind != "status":
-        # Echoed in every status webhook of this message: a status ties to its message even
-        # when the send's answer (its wamid) was lost (SPEC §13). Not for read receipts and
-        # typing indicators, which have no statuses.
-        waba[CALLBACK_KEY] = metadata.internalId
+    callback: str | None = waba.get(CALLBACK_KEY)  # the model checked it is a str
+    waba = with_callback(waba, metadata.internalId)
     return Outbound(
         tenant_id=metadata.tenantId,
         internal_id=metadata.internalId,
@@ -140,8 +138,18 @@ def parse(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Outbound:
         to=to if isinstance(to, str) else None,
         payload=_payload(waba, metadata.tenantId, metadata.internalId),
         extra=extra,
-        callback=callback if isinstance(callback, str) and callback != metadata.internalId else None,
+        callback=callback if callback != metadata.internalId else None,
     )
+
+
+def with_callback(waba: dict[str, Any], internal_id: str) -> dict[str, Any]:
+    """``waba`` as it is sent: with ``biz_opaque_callback_data`` = the internalId where the
+    producer set none. Meta echoes it in every status webhook of the message, so a status ties
+    to its message even when the send's answer (its wamid) was lost (SPEC §13). Not for read
+    receipts and typing indicators, which have no statuses."""
+    if CALLBACK_KEY in waba or message_type(waba) == STATUS:
+        return waba
+    return {**waba, CALLBACK_KEY: internal_id}
 
 
 def _payload(waba: dict[str, Any], tenant_id: str, internal_id: str) -> bytes:

@@ -10,11 +10,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .delivery import Delivery
 from .message import Outbound
 from .outcomes import Failure, Outcome
+
+if TYPE_CHECKING:
+    from .ledger.statuses import Applied
+    from .webhooks.payload import StatusUpdate
 
 
 class Claim(StrEnum):
@@ -95,6 +99,16 @@ class Ledger(Protocol):
         """Write what is queued (bounded), release this consumer's claims, and stop."""
         ...
 
+    def statuses(self) -> StatusStore | None:
+        """Where delivery statuses are applied (SPEC §13); None: this ledger keeps none."""
+        ...
+
+
+class StatusStore(Protocol):
+    async def apply(self, updates: Sequence[StatusUpdate]) -> list[Applied]:
+        """Apply statuses (one per wamid); returns each wamid's row before and after."""
+        ...
+
 
 class Limiter(Protocol):
     async def acquire(self, phone_number_id: str, recipient: str | None) -> bool:
@@ -132,6 +146,9 @@ class NullLedger:
         return True
 
     async def close(self) -> None:
+        return None
+
+    def statuses(self) -> StatusStore | None:
         return None
 
 

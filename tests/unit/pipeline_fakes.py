@@ -189,6 +189,9 @@ class FakeLedger:
     async def close(self) -> None:
         return None
 
+    def statuses(self) -> None:
+        return None
+
 
 class HeldLimiter:
     """The ``Limiter`` seam: ``acquire`` answers ``allow``, after ``gate`` if there is one."""

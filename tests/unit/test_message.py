@@ -18,6 +18,7 @@ from wa_consumer.message import (
     Outbound,
     OutboundMessage,
     parse,
+    with_callback,
 )
 from wa_consumer.payloads import TextMessage
 from wa_consumer.payloads.basic import Text
@@ -308,7 +309,7 @@ VALID: dict[str, tuple[dict[str, Any], str]] = {
 def test_valid_payload_is_accepted_and_sent_unchanged(payload: dict[str, Any], type_: str) -> None:
     out = parse(envelope(payload))
     assert out.type == type_
-    assert out.payload == orjson.dumps(payload)
+    assert out.payload == orjson.dumps(with_callback(payload, METADATA["internalId"]))
     assert out.to == payload.get("to")
 
 
@@ -765,9 +766,28 @@ def test_spec_example_gives_every_field() -> None:
         expires_at=datetime(2026, 11, 24, 12, tzinfo=UTC),
         type="text",
         to="27821234567",
-        payload=SPEC_EXAMPLE[SPEC_EXAMPLE.index(b'{"messaging') : -1],
+        payload=SPEC_EXAMPLE[SPEC_EXAMPLE.index(b'{"messaging') : -2]
+        + b',"biz_opaque_callback_data":"9f1c2e7a-1"}',
         extra={},
     )
+
+
+def test_a_producers_own_callback_data_is_sent_as_it_is_and_kept_for_the_ledger() -> None:
+    payload = {**waba("text", {"body": "hi"}), "biz_opaque_callback_data": "order-77"}
+    out = parse(envelope(payload))
+    assert orjson.loads(out.payload)["biz_opaque_callback_data"] == "order-77"
+    assert out.callback == "order-77"
+
+
+def test_callback_data_equal_to_the_internal_id_needs_no_mapping() -> None:
+    payload = {**waba("text", {"body": "hi"}), "biz_opaque_callback_data": "9f1c2e7a"}
+    assert parse(envelope(payload)).callback is None
+
+
+def test_read_receipts_get_no_callback_data() -> None:
+    receipt = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X"}
+    out = parse(envelope(receipt))
+    assert b"biz_opaque_callback_data" not in out.payload
 
 
 def test_payload_keeps_key_order_unknown_fields_and_adds_no_defaults() -> None:
@@ -776,14 +796,15 @@ def test_payload_keeps_key_order_unknown_fields_and_adds_no_defaults() -> None:
         b'"latitude":37.758056,"future":[1,{"a":null}]},"messaging_product":"whatsapp","x":1.5}'
     )
     out = parse(b'{"wabaPayload":' + raw + b',"metadata":{"internalId":"i","tenantId":"t"}}')
-    assert out.payload == raw
+    assert out.payload == raw[:-1] + b',"biz_opaque_callback_data":"i"}'
     assert b"recipient_type" not in out.payload
 
 
 def test_payload_sent_unchanged_when_type_is_left_out() -> None:
     payload = {"messaging_product": "whatsapp", "to": "1", "text": {"body": "hi"}}
     out = parse(envelope(payload))
-    assert (out.type, out.payload) == ("text", orjson.dumps(payload))
+    sent = orjson.dumps(with_callback(payload, METADATA["internalId"]))
+    assert (out.type, out.payload) == ("text", sent)
 
 
 def test_read_receipt_has_type_status_and_no_recipient() -> None:

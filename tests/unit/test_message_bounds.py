@@ -16,6 +16,7 @@ from wa_consumer.message import (
     MAX_METADATA_DEPTH,
     MAX_RECIPIENT_CHARS,
     parse,
+    with_callback,
 )
 
 from .pipeline_fakes import WABA, body
@@ -149,4 +150,4 @@ def test_payload_fields_other_than_to_are_not_bounded_here() -> None:
     """Only what the ledger keeps is bounded by parse; the payload goes to Meta as it came."""
     waba = {**WABA, "text": {"body": "x" * 4096}}
     raw = orjson.dumps({"metadata": {"tenantId": "acme", "internalId": "m-1"}, "wabaPayload": waba})
-    assert parse(raw).payload == orjson.dumps(waba)
+    assert parse(raw).payload == orjson.dumps(with_callback(waba, "m-1"))

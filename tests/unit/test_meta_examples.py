@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from wa_consumer.message import parse
+from wa_consumer.message import parse, with_callback
 from wa_consumer.payloads import MESSAGE_TYPES, STATUS
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is needed to read Meta's OpenAPI file")
@@ -61,8 +61,9 @@ def test_meta_example_is_accepted_and_sent_unchanged(name: str) -> None:
 
     out = parse(body)
 
-    assert orjson.loads(out.payload) == example
-    assert out.payload == orjson.dumps(example)  # same key order too
+    sent = with_callback(example, f"example-{name}")
+    assert orjson.loads(out.payload) == sent
+    assert out.payload == orjson.dumps(sent)  # same key order too
     assert out.type == example.get("type", out.type)
     assert out.type in (*MESSAGE_TYPES, STATUS)
     assert out.to == example.get("to")

@@ -17,11 +17,13 @@ import pytest
 
 from wa_consumer.categories import DEAD, Category
 from wa_consumer.errors import GraphTransportError, LedgerUnavailable
+from wa_consumer.message import with_callback
 from wa_consumer.outcomes import Dead, Delivered, Duplicate, HandBack, Recount, Retry
 from wa_consumer.seams import Claim
 
 from .pipeline_fakes import (
     MAX_DELIVERIES,
+    METADATA,
     NUMBER,
     OTHER_NUMBER,
     TENANT,
@@ -62,7 +64,8 @@ async def test_accepted_message_is_delivered_with_its_wamid_and_body_sent_unchan
     call = await settle_one(r, FakeDelivery(body()))
     assert call.outcome == Delivered("wamid.X")
     assert call.tenant_id == TENANT
-    assert r.graph.calls == [(NUMBER, "token-1", orjson.dumps(WABA))]
+    sent = orjson.dumps(with_callback(WABA, METADATA["internalId"]))
+    assert r.graph.calls == [(NUMBER, "token-1", sent)]
     [(_, record, attempts)] = r.ledger.finishes
     assert (record.status, record.wamid) == ("sent", "wamid.X")
     assert [a.outcome for a in attempts] == ["sent"]

@@ -29,6 +29,7 @@ from .batch import Batcher
 from .heartbeat import OUTAGE as _OUTAGE
 from .heartbeat import Heartbeat
 from .migrate import migrate
+from .statuses import PostgresStatuses
 
 log = get_logger("ledger")
 
@@ -322,6 +323,10 @@ class PostgresLedger:
         if claim is not Claim.CLAIMED and claim is not Claim.CRASH_LOOP:
             self._release(key)
         return claim
+
+    def statuses(self) -> PostgresStatuses:
+        """Statuses are applied on the same pool (one batch at a time)."""
+        return PostgresStatuses(self._pool)
 
     def recorded_failure(self, message: Outbound) -> Failure | None:
         """Why a message the last claim found ``DYING`` died (once, then forgotten)."""

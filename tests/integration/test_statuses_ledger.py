@@ -1,0 +1,246 @@
+"""Delivery statuses against the real PostgreSQL: transitions, order, repeats, statuses that
+come before their send, and ambiguous sends reconciled (SPEC §13)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from wa_consumer.ledger.postgres import PostgresLedger
+from wa_consumer.ledger.statuses import Applied
+from wa_consumer.message import Outbound, parse
+from wa_consumer.seams import Attempt, Claim, Record
+from wa_consumer.webhooks.payload import merge, read
+
+from .harness import text_message
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_765_000_000
+NUMBER = "106540352242922"
+
+
+def message(tenant: str = "acme", internal_id: str | None = None, **waba: Any) -> Outbound:
+    body = text_message(tenant, "15550123456", internal_id=internal_id or str(uuid.uuid4()))
+    body["wabaPayload"].update(waba)
+    return parse(orjson.dumps(body))
+
+
+def wamid() -> str:
+    return f"wamid.{uuid.uuid4().hex}"
+
+
+def status(wamid: str, name: str, at: int = T0, **extra: Any) -> dict[str, Any]:
+    return {"id": wamid, "status": name, "timestamp": str(at), "recipient_id": "1555", **extra}
+
+
+def body(*statuses: dict[str, Any], number: str | None = NUMBER) -> bytes:
+    metadata = {"display_phone_number": "1555", "phone_number_id": number}
+    value = {"messaging_product": "whatsapp", "metadata": metadata, "statuses": list(statuses)}
+    return orjson.dumps(
+        {"entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]}
+    )
+
+
+@asynccontextmanager
+async def ledger_at(database: str) -> AsyncIterator[PostgresLedger]:
+    ledger = await PostgresLedger.connect(database)
+    await ledger.start()
+    try:
+        yield ledger
+    finally:
+        await ledger.close()
+
+
+async def apply(ledger: PostgresLedger, *statuses: dict[str, Any], **kw: Any) -> list[Applied]:
+    return await ledger.statuses().apply(merge(read(body(*statuses, **kw)).statuses))
+
+
+async def sent(ledger: PostgresLedger, m: Outbound, wamid: str) -> None:
+    assert await ledger.claim(m) is Claim.CLAIMED
+    await ledger.finish(m, Record("sent", 0, wamid=wamid), [])
+
+
+async def row(database: str, wamid: str) -> asyncpg.Record:
+    connection = await asyncpg.connect(database)
+    try:
+        found = await connection.fetchrow("SELECT * FROM wa_deliveries WHERE wamid = $1", wamid)
+    finally:
+        await connection.close()
+    assert found is not None
+    return found
+
+
+async def message_row(database: str, m: Outbound) -> asyncpg.Record:
+    connection = await asyncpg.connect(database)
+    try:
+        found = await connection.fetchrow(
+            "SELECT * FROM wa_messages WHERE tenant_id = $1 AND internal_id = $2",
+            m.tenant_id,
+            m.internal_id,
+        )
+    finally:
+        await connection.close()
+    assert found is not None
+    return found
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def test_sent_delivered_read_each_keep_their_time(database: str) -> None:
+    m, w = message(), wamid()
+    async with ledger_at(database) as ledger:
+        await sent(ledger, m, w)
+        [a] = await apply(ledger, status(w, "sent", T0))
+        assert (a.tenant_id, a.internal_id, a.was, a.status) == (
+            m.tenant_id,
+            m.internal_id,
+            "accepted",
+            "sent",
+        )
+        await apply(ledger, status(w, "delivered", T0 + 2))
+        [a] = await apply(ledger, status(w, "read", T0 + 9))
+    assert a.changed and a.status == "read"
+    r = await row(database, w)
+    assert (r["sent_at"], r["delivered_at"], r["read_at"]) == (at(T0), at(T0 + 2), at(T0 + 9))
+    assert r["accepted_at"] is not None
+    assert (r["tenant_id"], r["internal_id"]) == (m.tenant_id, m.internal_id)
+
+
+STEPS = ["sent", "delivered", "read", "failed"]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+async def test_every_order_of_the_four_statuses_ends_failed(
+    database: str, order: tuple[int, ...]
+) -> None:
+    """Applied one webhook at a time: never backwards, failed final, every time recorded."""
+    m, w = message(), wamid()
+    error = {"code": 131026, "title": "Message undeliverable"}
+    async with ledger_at(database) as ledger:
+        await sent(ledger, m, w)
+        for i in order:
+            extra = {"errors": [error]} if STEPS[i] == "failed" else {}
+            await apply(ledger, status(w, STEPS[i], T0 + i, **extra))
+    r = await row(database, w)
+    assert r["status"] == "failed"
+    assert [r[f"{s}_at"] for s in STEPS] == [at(T0 + i) for i in range(4)]
+    assert (r["error_code"], r["error_category"]) == ("131026", "permanent")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+async def test_read_before_delivered_keeps_read(database: str, order: tuple[int, ...]) -> None:
+    m, w = message(), wamid()
+    async with ledger_at(database) as ledger:
+        await sent(ledger, m, w)
+        for i in order:
+            await apply(ledger, status(w, STEPS[i], T0 + i))
+    r = await row(database, w)
+    assert r["status"] == "read"
+    assert [r[f"{s}_at"] for s in STEPS[:3]] == [at(T0 + i) for i in range(3)]
+
+
+async def test_a_repeated_webhook_changes_nothing(database: str) -> None:
+    m, w = message(), wamid()
+    pricing = {"billable": True, "pricing_model": "PMP", "category": "utility"}
+    async with ledger_at(database) as ledger:
+        await sent(ledger, m, w)
+        [first] = await apply(ledger, status(w, "delivered", T0, pricing=pricing))
+        before = await row(database, w)
+        [again] = await apply(ledger, status(w, "delivered", T0 + 60, pricing=pricing))
+    after = await row(database, w)
+    assert first.changed and not again.changed
+    keep = [k for k in before.keys() if k != "updated_at"]  # noqa: SIM118 - a Record iterates values
+    assert [before[k] for k in keep] == [after[k] for k in keep]
+    assert (after["pricing_billable"], after["pricing_category"]) == (True, "utility")
+
+
+async def test_a_status_before_the_sends_result_waits_and_is_tied_when_it_lands(
+    database: str,
+) -> None:
+    """No callback data to go by (a message sent before it was set): the wamid ties it."""
+    m, w = message(), wamid()
+    async with ledger_at(database) as ledger:
+        [a] = await apply(ledger, status(w, "delivered", T0))
+        assert (a.tenant_id, a.status) == (None, "delivered")  # kept, not dropped
+        await sent(ledger, m, w)
+    r = await row(database, w)
+    assert (r["tenant_id"], r["internal_id"], r["status"]) == (
+        m.tenant_id,
+        m.internal_id,
+        "delivered",
+    )
+    assert r["accepted_at"] is not None
+
+
+async def test_an_ambiguous_send_becomes_sent_when_its_status_arrives(database: str) -> None:
+    m, w = message(), wamid()
+    attempt = Attempt(1, datetime.now(UTC), 2000.0, "retry", category="transient",
+                      code="timeout", message="no answer", ambiguous=True)  # fmt: skip
+    async with ledger_at(database) as ledger:
+        assert await ledger.claim(m) is Claim.CLAIMED
+        await ledger.finish(m, Record("retry_scheduled", 1, code="timeout"), [attempt])
+        # Meta did accept it: its status carries the callback data the daemon set.
+        [a] = await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=m.internal_id))
+        assert (a.tenant_id, a.internal_id, a.reconciled_from) == (
+            m.tenant_id,
+            m.internal_id,
+            "retry_scheduled",
+        )
+        # The retry waiting in its queue is now a duplicate; a replay is refused the same way.
+        assert await ledger.claim(m) is Claim.ALREADY_SENT
+        assert await ledger.claim(m, replays=1) is Claim.ALREADY_SENT
+    r = await message_row(database, m)
+    assert (r["status"], r["wamid"]) == ("sent", w)
+
+
+async def test_a_dead_message_whose_status_shows_it_sent_is_never_replayed(database: str) -> None:
+    m, w = message(), wamid()
+    async with ledger_at(database) as ledger:
+        assert await ledger.claim(m) is Claim.CLAIMED
+        await ledger.finish(m, Record("dead", 2, code="timeout", category="retries_exhausted"), [])
+        await apply(ledger, status(w, "delivered", T0, biz_opaque_callback_data=m.internal_id))
+        assert await ledger.claim(m, replays=1) is Claim.ALREADY_SENT
+
+
+async def test_a_producers_own_callback_data_ties_its_status(database: str) -> None:
+    mine = f"order-{uuid.uuid4().hex}"
+    m, w = message(biz_opaque_callback_data=mine), wamid()
+    async with ledger_at(database) as ledger:
+        assert await ledger.claim(m) is Claim.CLAIMED
+        await ledger.finish(m, Record("retry_scheduled", 1), [])
+        [a] = await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=mine))
+    assert (a.tenant_id, a.internal_id) == (m.tenant_id, m.internal_id)
+
+
+async def test_a_callback_two_tenants_share_ties_to_neither(database: str) -> None:
+    shared = str(uuid.uuid4())
+    a, b, w = message("acme", shared), message("globex", shared), wamid()
+    async with ledger_at(database) as ledger:
+        for m in (a, b):
+            assert await ledger.claim(m) is Claim.CLAIMED
+            await ledger.finish(m, Record("retry_scheduled", 1), [])
+        [applied] = await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=shared))
+    assert applied.tenant_id is None  # kept until a send records this wamid
+    assert (await message_row(database, a))["status"] == "retry_scheduled"
+
+
+async def test_a_failed_status_is_classified_and_kept_with_its_text(database: str) -> None:
+    m, w = message(), wamid()
+    error = {"code": 131048, "title": "Spam rate limit hit", "error_data": {"details": "quality"}}
+    async with ledger_at(database) as ledger:
+        await sent(ledger, m, w)
+        [a] = await apply(ledger, status(w, "failed", T0, errors=[error]))
+    assert (a.error_category, a.error_code, a.error_message) == ("account", "131048", "quality")
+    r = await row(database, w)
+    assert (r["status"], r["error_title"]) == ("failed", "Spam rate limit hit")
