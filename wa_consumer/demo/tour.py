@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..consumer import Daemon
 from ..errors import WaConsumerError
+from ..message import CALLBACK_KEY
 from ..publisher import Publisher
 from ..sandbox import RunningSandbox, start_sandbox
 from ..settings import Settings
@@ -60,6 +61,9 @@ class Findings:
 
 
 def _key(payload: Any) -> bytes:
+    # The daemon adds the callback data a status webhook ties back with; samples have none.
+    if isinstance(payload, dict) and CALLBACK_KEY in payload:
+        payload = {k: v for k, v in payload.items() if k != CALLBACK_KEY}
     return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
 
 
