@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from wa_consumer.message import with_callback
+
 from .harness import broker_for, make_settings, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,7 +33,9 @@ async def test_every_meta_example_is_delivered_unchanged_with_the_right_path_and
         await wait_for(all_answered)
         assert await broker.count(settings.dead_letter_queue) == 0
     requests = sandbox.state.requests()
-    assert sorted(map(repr, (r["body"] for r in requests))) == sorted(map(repr, EXAMPLES.values()))
+    # Unchanged but for the callback data a status ties back with (SPEC §3, §13).
+    sent = [with_callback(payload, name) for name, payload in EXAMPLES.items()]
+    assert sorted(map(repr, (r["body"] for r in requests))) == sorted(map(repr, sent))
     token = sandbox.state.token("globex")
     for r in requests:
         assert r["outcome"] == "sent", r
