@@ -18,7 +18,7 @@ Endpoints (one port serves all):
   ``service_token`` is set.
 - ``/_sandbox/``: ``GET config``, ``POST config`` (replace top-level settings), ``GET
   requests?since=N``, ``GET stats``, ``GET tenants``, ``POST tenants/{id}/rotate``,
-  ``POST reset``.
+  ``POST reset``, ``POST webhooks/status`` (one status for a wamid, now: a late failure).
 
 Default tenants (tokens are fake, ``sandbox-<tenant>-<16 hex>``, new at every start, listed
 by ``GET /_sandbox/tenants`` and the start-up banner):
@@ -50,9 +50,17 @@ recipient    answer                                                 how often
 1555009...   500 code 131016 service unavailable (transient)        always
 ===========  =====================================================  ===========
 
+Status webhooks (``SandboxConfig.webhooks``, off until ``url`` is set, SPEC §13): every
+accepted message gets ``sent`` at once, ``delivered`` after ``delivered_after_ms``, ``read``
+for a ``read_share``, POSTed to ``url`` in Meta's body shape and signed with ``app_secret``
+(``X-Hub-Signature-256``), with pricing, conversation and ``biz_opaque_callback_data``.
+Recipients ``1555 01D xxxx`` are accepted and then get ``sent`` and ``failed``: D=0 131026
+(undeliverable), 1 131047 (24 h window), 2 131049 (ecosystem limit). Duplicates, reverse
+order and batching on request; counters under ``webhooks`` in ``GET /_sandbox/stats``.
+
 Behaviour (``SandboxConfig``): latency and jitter, tenants, rules, a random failure rate and
-code, requests/s per number (off by default; Meta's default is 80), the service token, and
-the request log (turn it off for benchmarks).
+code, requests/s per number (off by default; Meta's default is 80), the service token, the
+request log (turn it off for benchmarks), and the status webhooks.
 """
 
 from wa_consumer.sandbox.app import (
@@ -69,9 +77,12 @@ from wa_consumer.sandbox.config import (
     Latency,
     SandboxConfig,
     TenantConfig,
+    WebhookConfig,
+    WebhookFailure,
     load_config,
 )
 from wa_consumer.sandbox.state import SandboxState
+from wa_consumer.sandbox.webhooks import WebhookSender
 
 __all__ = [
     "DEFAULT_PORT",
@@ -86,6 +97,9 @@ __all__ = [
     "SandboxState",
     "TenantConfig",
     "TenantInfo",
+    "WebhookConfig",
+    "WebhookFailure",
+    "WebhookSender",
     "create_app",
     "load_config",
     "run_sandbox",

@@ -7,6 +7,7 @@ subset of its keys).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-request-log", action="store_true", help="keep no request log (benchmarks)"
     )
     parser.add_argument("--no-rules", action="store_true", help="no default recipient rules")
+    parser.add_argument("--webhook-url", help="POST signed status webhooks here")
+    parser.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("WA_WEBHOOK_APP_SECRET"),
+        help="app secret to sign them with (default: $WA_WEBHOOK_APP_SECRET)",
+    )
     return parser
 
 
@@ -53,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             record_requests=False if args.no_request_log else None,
             rules=[] if args.no_rules else None,
+            webhook_url=args.webhook_url,
+            webhook_app_secret=args.webhook_secret,
         )
     except (OSError, ValidationError, ValueError) as exc:
         print(f"sandbox: bad configuration: {exc}", file=sys.stderr)

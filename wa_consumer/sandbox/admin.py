@@ -6,14 +6,18 @@ answer plain JSON (``SandboxClient`` wraps them).
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wa_consumer.sandbox import meta
+from wa_consumer.sandbox.config import WebhookFailure
 from wa_consumer.sandbox.state import SandboxState
+from wa_consumer.sandbox.statuses import Message, category_of, failure_error, waba_id
+from wa_consumer.sandbox.webhooks import Plan, Step, WebhookSender
 
 
 def _json(value: object, status: int = 200) -> web.Response:
@@ -33,11 +37,35 @@ async def _json_object(request: web.Request, *, required: bool) -> dict[str, Any
     return value
 
 
+class OneStatus(BaseModel):
+    """``POST /_sandbox/webhooks/status``: one status for a wamid, sent now (a late failure).
+
+    The number, recipient, callback data and category come from the request log when the
+    wamid is in it; give them here otherwise (or to override). ``code`` and the texts
+    make the error of a ``failed`` status (Meta's wording of the code by default).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    wamid: str = Field(min_length=1)
+    status: Literal["sent", "delivered", "read", "failed"]
+    phone_number_id: str | None = None
+    recipient_id: str | None = None
+    biz_opaque_callback_data: str | None = None
+    category: str | None = None
+    timestamp: int | None = None
+    code: int = 131026
+    title: str | None = None
+    message: str | None = None
+    details: str | None = None
+
+
 class Admin:
     """Handlers of ``/_sandbox/*``."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: SandboxState, webhooks: WebhookSender) -> None:
         self._state = state
+        self._webhooks = webhooks
 
     def routes(self) -> list[web.RouteDef]:
         """Every admin route, to register before the catch-all ``/messages`` route."""
@@ -49,6 +77,7 @@ class Admin:
             web.get("/_sandbox/tenants", self.tenants),
             web.post("/_sandbox/tenants/{tenant_id}/rotate", self.rotate),
             web.post("/_sandbox/reset", self.reset),
+            web.post("/_sandbox/webhooks/status", self.webhook_status),
         ]
 
     async def get_config(self, request: web.Request) -> web.Response:
@@ -75,8 +104,8 @@ class Admin:
         return _json({"requests": found, "last": last})
 
     async def stats(self, request: web.Request) -> web.Response:
-        """Counts by outcome, status, code, number; credential fetches by tenant."""
-        return _json(self._state.stats())
+        """Counts by outcome, status, code, number; credential fetches; ``webhooks``."""
+        return _json({**self._state.stats(), "webhooks": self._webhooks.stats()})
 
     async def tenants(self, request: web.Request) -> web.Response:
         """Every tenant with its current token, numbers and suspension."""
@@ -86,6 +115,7 @@ class Admin:
                     "id": t.id,
                     "accessToken": t.token,
                     "phoneNumberIds": list(t.phone_number_ids),
+                    "wabaId": waba_id(t),
                     "suspended": t.suspended,
                 }
                 for t in self._state.config.tenants
@@ -107,4 +137,45 @@ class Admin:
     async def reset(self, request: web.Request) -> web.Response:
         """Forget requests, stats, ``times`` counters and throughput buckets."""
         self._state.reset()
+        self._webhooks.reset()
         return _json({"reset": True})
+
+    async def webhook_status(self, request: web.Request) -> web.Response:
+        """Send one status now; 404 for a wamid unknown and unexplained, 409 when off."""
+        try:
+            ask = OneStatus.model_validate(await _json_object(request, required=True))
+        except ValidationError as exc:
+            return _json({"error": str(exc)}, status=400)
+        if self._state.config.webhooks.url is None:
+            return _json({"error": "webhooks are off: set webhooks.url"}, status=409)
+        logged = next((r for r in reversed(self._state.log) if r["wamid"] == ask.wamid), None)
+        body = logged["body"] if logged is not None and isinstance(logged["body"], dict) else {}
+        number = ask.phone_number_id or (logged["phone_number_id"] if logged else None)
+        recipient = ask.recipient_id or body.get("to")
+        tenant = next((t for t in self._state.config.tenants if number in t.phone_number_ids), None)
+        if tenant is None or number is None or not isinstance(recipient, str):
+            return _json(
+                {"error": "wamid not logged: give phone_number_id (a tenant's) and recipient_id"},
+                status=404,
+            )
+        biz = ask.biz_opaque_callback_data or body.get("biz_opaque_callback_data")
+        at = time.time() if ask.timestamp is None else float(ask.timestamp)
+        message = Message(
+            wamid=ask.wamid,
+            phone_number_id=number,
+            waba_id=waba_id(tenant),
+            recipient="".join(c for c in recipient if c.isdigit()),
+            category=ask.category
+            or category_of(body, self._state.config.webhooks.template_categories),
+            biz_opaque_callback_data=biz if isinstance(biz, str) else None,
+            accepted_at=at,
+        )
+        rule = WebhookFailure(
+            match=".", code=ask.code, title=ask.title, message=ask.message, details=ask.details
+        )
+        error = failure_error(rule) if ask.status == "failed" else None
+        plan = Plan(message, [Step(0.0, ask.status, at)], error)
+        queued = plan.status()
+        if not self._webhooks.add(plan):
+            return _json({"error": "too many statuses pending"}, status=503)
+        return _json({"queued": queued})

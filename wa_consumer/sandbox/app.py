@@ -23,18 +23,24 @@ from wa_consumer.sandbox.cloud import CloudApi
 from wa_consumer.sandbox.config import SandboxConfig
 from wa_consumer.sandbox.state import SandboxState
 from wa_consumer.sandbox.tenants import TenantService
+from wa_consumer.sandbox.webhooks import WebhookSender
 
 DEFAULT_PORT = 8089
 STATE_KEY = web.AppKey("sandbox_state", SandboxState)
+WEBHOOKS_KEY = web.AppKey("sandbox_webhooks", WebhookSender)
 
 
 def create_app(config: SandboxConfig | None = None) -> web.Application:
     """The sandbox as an aiohttp application; its state is ``app[STATE_KEY]``."""
     state = SandboxState(config)
-    cloud = CloudApi(state)
+    webhooks = WebhookSender(state)
+    cloud = CloudApi(state, webhooks)
     app = web.Application()
     app[STATE_KEY] = state
-    app.add_routes(Admin(state).routes())
+    app[WEBHOOKS_KEY] = webhooks
+    # The status webhook sender starts with the server and stops after it.
+    app.cleanup_ctx.append(webhooks.run_with)
+    app.add_routes(Admin(state, webhooks).routes())
     app.router.add_get(
         "/tenants/{tenant_id}/whatsapp-credentials", TenantService(state).credentials
     )
@@ -51,10 +57,13 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
 class RunningSandbox:
     """A sandbox serving in the current event loop; ``state`` changes it in process."""
 
-    def __init__(self, runner: web.AppRunner, url: str, state: SandboxState) -> None:
+    def __init__(
+        self, runner: web.AppRunner, url: str, state: SandboxState, webhooks: WebhookSender
+    ) -> None:
         self._runner = runner
         self.url = url
         self.state = state
+        self.webhooks = webhooks
 
     async def close(self) -> None:
         """Stop serving; hanging requests are dropped."""
@@ -87,7 +96,8 @@ async def start_sandbox(
         raise
     bound_host, bound_port = runner.addresses[0][:2]
     display = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return RunningSandbox(runner, f"http://{display}:{bound_port}", app[STATE_KEY])
+    url = f"http://{display}:{bound_port}"
+    return RunningSandbox(runner, url, app[STATE_KEY], app[WEBHOOKS_KEY])
 
 
 def describe(sandbox: RunningSandbox) -> str:
@@ -105,6 +115,11 @@ def describe(sandbox: RunningSandbox) -> str:
     for rule in sandbox.state.config.rules:
         answer = rule.code or rule.status or ("hang" if rule.hang else rule.body)
         lines.append(f"  {rule.match:<12} {answer!s:<7} {rule.note}")
+    hooks = sandbox.state.config.webhooks
+    if hooks.url is not None:
+        lines.append(f"status webhooks to {hooks.url} (failed after acceptance):")
+        for failure in hooks.failed:
+            lines.append(f"  {failure.match:<12} {failure.code!s:<7} {failure.note}")
     lines.append(f"admin: {sandbox.url}/_sandbox/config, /requests, /stats, /tenants")
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ class TenantInfo(TypedDict):
     id: str
     accessToken: str
     phoneNumberIds: list[str]
+    wabaId: str
     suspended: bool
 
 
@@ -86,6 +87,12 @@ class SandboxClient:
     async def reset(self) -> None:
         """Forget requests, stats and counters."""
         await self._call("POST", "/_sandbox/reset")
+
+    async def webhook_status(self, wamid: str, status: str, **fields: Any) -> dict[str, Any]:
+        """Send one status webhook for ``wamid`` now (e.g. ``failed`` with ``code``)."""
+        body = {"wamid": wamid, "status": status, **fields}
+        answer = await self._call("POST", "/_sandbox/webhooks/status", body)
+        return cast(dict[str, Any], answer["queued"])
 
     async def tenants(self) -> list[TenantInfo]:
         """Every tenant with its current token."""

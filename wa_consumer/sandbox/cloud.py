@@ -19,8 +19,9 @@ import orjson
 from aiohttp import web
 
 from wa_consumer.sandbox import meta
-from wa_consumer.sandbox.config import FailureRule
+from wa_consumer.sandbox.config import FailureRule, TenantConfig
 from wa_consumer.sandbox.state import SandboxState
+from wa_consumer.sandbox.webhooks import WebhookSender
 
 _NON_DIGITS = re.compile(r"\D")
 _HTML_HEADERS = {"Content-Type": "text/html"}
@@ -36,6 +37,9 @@ class Answer(NamedTuple):
     wamid: str | None = None
     headers: dict[str, str] = meta.JSON_HEADERS
     hang: bool = False
+    # Of an accepted message, for its status webhooks.
+    tenant: TenantConfig | None = None
+    recipient: str = ""
 
     @property
     def outcome(self) -> str:
@@ -64,8 +68,9 @@ def _rule_answer(rule: FailureRule) -> Answer:
 class CloudApi:
     """Handler of ``/messages``; ``wake`` ends every hanging request (set on shutdown)."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: SandboxState, webhooks: WebhookSender) -> None:
         self._state = state
+        self._webhooks = webhooks
         self.wake = asyncio.Event()
 
     def decide(self, number: str, token: str, body: Any) -> Answer:
@@ -105,7 +110,7 @@ class CloudApi:
             "contacts": [{"input": to, "wa_id": digits}],
             "messages": [message],
         }
-        return Answer(200, orjson.dumps(payload), wamid=wamid)
+        return Answer(200, orjson.dumps(payload), wamid=wamid, tenant=tenant, recipient=digits)
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Decide, record, wait (latency or hang), answer."""
@@ -135,6 +140,16 @@ class CloudApi:
             wamid=answer.wamid or None,
             outcome=answer.outcome,
         )
+        if answer.tenant is not None and answer.wamid:
+            # Planned at acceptance, not after the answer: a client that times out waiting
+            # still gets the statuses, as from Meta (how an ambiguous send is reconciled).
+            self._webhooks.accepted(
+                wamid=answer.wamid,
+                number=number,
+                tenant=answer.tenant,
+                recipient=answer.recipient,
+                body=body,
+            )
         delay = state.delay()
         if delay:
             await asyncio.sleep(delay)

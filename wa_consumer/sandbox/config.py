@@ -11,9 +11,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+_MASK = str(SecretStr("x"))  # how pydantic shows a secret: "**********"
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regex: {exc}") from exc
+    return value
 
 
 class Latency(BaseModel):
@@ -38,6 +47,9 @@ class TenantConfig(BaseModel):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     phone_number_ids: tuple[str, ...] = Field(min_length=1)
     token: str | None = None
+    # The WhatsApp Business Account id status webhooks carry in ``entry[].id``; left empty,
+    # one is derived from the tenant id (stable across runs).
+    waba_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
     suspended: bool = False
     # The tenant service answers this HTTP status for this tenant (e.g. 503) instead.
     service_error: int | None = Field(default=None, ge=400, le=599)
@@ -68,11 +80,7 @@ class FailureRule(BaseModel):
     @field_validator("match")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regex: {exc}") from exc
-        return value
+        return _regex(value)
 
     @model_validator(mode="after")
     def _json_needs_code(self) -> FailureRule:
@@ -84,9 +92,18 @@ class FailureRule(BaseModel):
 def default_tenants() -> tuple[TenantConfig, ...]:
     """Two working businesses (acme has two numbers) and a suspended one."""
     return (
-        TenantConfig(id="acme", phone_number_ids=("106540352242922", "106540352242923")),
-        TenantConfig(id="globex", phone_number_ids=("107650492331811",)),
-        TenantConfig(id="initech", phone_number_ids=("108760582410700",), suspended=True),
+        TenantConfig(
+            id="acme",
+            phone_number_ids=("106540352242922", "106540352242923"),
+            waba_id="102290129340398",
+        ),
+        TenantConfig(id="globex", phone_number_ids=("107650492331811",), waba_id="103301230451409"),
+        TenantConfig(
+            id="initech",
+            phone_number_ids=("108760582410700",),
+            waba_id="104412341562510",
+            suspended=True,
+        ),
     )
 
 
@@ -104,6 +121,82 @@ def default_rules() -> tuple[FailureRule, ...]:
         FailureRule(match=r"^1555008", body="empty", status=503, times=1, note="empty 503 once"),
         FailureRule(match=r"^1555009", code=131016, note="service unavailable, always (transient)"),
     )
+
+
+class WebhookFailure(BaseModel):
+    """Accept a message to a matching recipient (200, a wamid), then report it ``failed``.
+
+    Meta finds most undeliverable recipients only after accepting the request, so these
+    arrive as ``sent`` followed by ``failed`` with this error, ``after_ms`` after acceptance
+    (default: the section's ``delivered_after_ms``), and never as ``delivered``. ``match`` is
+    searched in the recipient's digits; the ``/messages`` rules are checked first. ``title``,
+    ``message`` and ``details`` default to Meta's wording of ``code``.
+    """
+
+    model_config = _FROZEN
+
+    match: str
+    code: int = 131026
+    title: str | None = None
+    message: str | None = None
+    details: str | None = None
+    after_ms: float | None = Field(default=None, ge=0)
+    note: str = ""
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _regex(value)
+
+
+def default_webhook_failures() -> tuple[WebhookFailure, ...]:
+    """Failures after acceptance by recipient number: ``1555 01D xxxx`` (beside ``00D``)."""
+    return (
+        WebhookFailure(match=r"^1555010", code=131026, note="accepted, then undeliverable"),
+        WebhookFailure(match=r"^1555011", code=131047, note="accepted, then 24 h window closed"),
+        WebhookFailure(match=r"^1555012", code=131049, note="accepted, then not delivered"),
+    )
+
+
+class WebhookConfig(BaseModel):
+    """Status webhooks for accepted messages, signed like Meta's; off while ``url`` is None.
+
+    ``sent`` goes out right after acceptance, ``delivered`` ``delivered_after_ms`` after it,
+    and for a ``read_share`` fraction ``read`` a further ``read_after_ms`` later. A message's
+    statuses are posted one after another (the next waits for the previous POST), so
+    ``out_of_order`` (reverse order: read, delivered, sent, once all have happened) arrives
+    in that order. ``duplicates`` posts that fraction of bodies twice; ``batch`` puts up to
+    that many statuses in one POST, as Meta does under load. A POST answered non-2xx, or not
+    at all within ``timeout_ms``, is retried ``retries`` times (``retry_backoff_ms``,
+    doubling), then counted failed. At most ``max_pending`` messages wait for statuses;
+    beyond that new ones get none and are counted dropped.
+    """
+
+    model_config = _FROZEN
+
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    app_secret: SecretStr | None = None
+    delivered_after_ms: float = Field(default=500.0, ge=0)
+    read_after_ms: float = Field(default=1000.0, ge=0)
+    read_share: float = Field(default=0.5, ge=0, le=1)
+    failed: tuple[WebhookFailure, ...] = Field(default_factory=default_webhook_failures)
+    duplicates: float = Field(default=0.0, ge=0, le=1)
+    out_of_order: float = Field(default=0.0, ge=0, le=1)
+    batch: int = Field(default=1, ge=1, le=1000)
+    # Template name -> pricing category; other templates go by a name heuristic.
+    template_categories: dict[str, Literal["marketing", "utility", "authentication"]] = Field(
+        default_factory=dict
+    )
+    retries: int = Field(default=3, ge=0, le=10)
+    retry_backoff_ms: float = Field(default=500.0, ge=0)
+    timeout_ms: float = Field(default=5000.0, gt=0)
+    max_pending: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookConfig:
+        if self.url is not None and self.app_secret is None:
+            raise ValueError("webhooks.url needs webhooks.app_secret: Meta signs every webhook")
+        return self
 
 
 class SandboxConfig(BaseModel):
@@ -127,6 +220,7 @@ class SandboxConfig(BaseModel):
     record_requests: bool = True
     max_requests: int = Field(default=10_000, ge=1)
     hang_seconds: float = Field(default=300.0, gt=0)
+    webhooks: WebhookConfig = WebhookConfig()
     seed: int | None = None
 
     @model_validator(mode="after")
@@ -142,12 +236,19 @@ class SandboxConfig(BaseModel):
         return self
 
     def updated(self, changes: dict[str, Any]) -> SandboxConfig:
-        """A new config with the top-level keys of ``changes`` replaced (validated)."""
+        """A new config with the top-level keys of ``changes`` replaced (validated).
+
+        The webhook secret is write-only: a ``webhooks`` section without ``app_secret``, or
+        with the masked value ``GET /_sandbox/config`` shows, keeps the current one.
+        """
         unknown = set(changes) - set(type(self).model_fields)
         if unknown:
             raise ValueError(f"unknown sandbox settings: {', '.join(sorted(unknown))}")
         merged = self.model_dump()
         merged.update(changes)
+        hooks = changes.get("webhooks")
+        if isinstance(hooks, dict) and hooks.get("app_secret", _MASK) == _MASK:
+            merged["webhooks"] = {**hooks, "app_secret": self.webhooks.app_secret}
         return type(self).model_validate(merged)
 
 
@@ -155,7 +256,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> SandboxConf
     """The config from an optional JSON file, then ``overrides`` (``None`` values skipped).
 
     Meant for command lines: ``load_config(args.config, number_rate=args.number_rate)``.
-    ``latency_ms`` and ``jitter_ms`` are accepted as shortcuts for ``latency``.
+    ``latency_ms`` and ``jitter_ms`` are accepted as shortcuts for ``latency``, and
+    ``webhook_<field>`` (``webhook_url``, ``webhook_app_secret``, ...) for ``webhooks``.
     """
     config = SandboxConfig()
     if path is not None:
@@ -168,4 +270,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> SandboxConf
             "ms": config.latency.ms if latency_ms is None else latency_ms,
             "jitter_ms": config.latency.jitter_ms if jitter_ms is None else jitter_ms,
         }
+    webhooks = {
+        key.removeprefix("webhook_"): changes.pop(key)
+        for key in list(changes)
+        if key.startswith("webhook_")
+    }
+    if webhooks:
+        changes["webhooks"] = {**config.webhooks.model_dump(), **webhooks}
     return config.updated(changes) if changes else config
