@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
+from .cli_deliveries import failures_app, report_app
 from .cli_dlq import dlq_app
 from .cli_ledger import db_app, status_command
 from .errors import InvalidMessage, SettingsError, TopologyMismatch, WaConsumerError
@@ -31,6 +32,8 @@ topology_app = typer.Typer(help="The broker topology (SPEC §2).", no_args_is_he
 app.add_typer(topology_app, name="topology")
 app.add_typer(db_app, name="db")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(failures_app, name="failures")
+app.add_typer(report_app, name="report")
 app.command("status")(status_command)
 
 
@@ -69,6 +72,32 @@ def run() -> None:
         daemon = Daemon(settings)
         daemon.install_signal_handlers()
         return await daemon.run()
+
+    try:
+        code = run_async(main())
+    except TopologyMismatch as exc:
+        raise fail(str(exc), 3) from None
+    except WaConsumerError as exc:
+        raise fail(str(exc), 1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def webhook() -> None:
+    """Receive Meta's webhooks and queue them for the status consumer (SPEC §13)."""
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
+    from .webhooks.receiver import WebhookReceiver
+
+    try:
+        receiver = WebhookReceiver(settings)  # refuses to run without an app secret
+    except SettingsError as exc:
+        raise fail(f"bad setting {exc}", 2) from None
+    tune_for_serving()
+
+    async def main() -> int:
+        receiver.install_signal_handlers()
+        return await receiver.run()
 
     try:
         code = run_async(main())
@@ -193,8 +222,32 @@ def sandbox(
     no_rules: Annotated[
         bool, typer.Option("--no-rules", help="No default recipient rules.")
     ] = False,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="POST signed status webhooks here (default: none).")
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="WA_WEBHOOK_APP_SECRET",
+            show_envvar=True,
+            help="App secret the webhooks are signed with (the receiver's).",
+        ),
+    ] = None,
+    webhook_delivered_ms: Annotated[
+        float | None, typer.Option(help="Delay from acceptance to `delivered`.")
+    ] = None,
+    webhook_read_share: Annotated[
+        float | None, typer.Option(help="Fraction that also get `read`.")
+    ] = None,
+    webhook_batch: Annotated[
+        int | None, typer.Option(help="Statuses per webhook POST (default 1).")
+    ] = None,
 ) -> None:
-    """A local stand-in for the Cloud API and the tenant service (SPEC §10)."""
+    """A local stand-in for the Cloud API and the tenant service (SPEC §10).
+
+    With --webhook-url it also sends the status webhooks of what it accepted (SPEC §13);
+    the rest of their behaviour is the `webhooks` section of the --config file.
+    """
     from pydantic import ValidationError
 
     # Imported here: aiohttp's import would slow every other command down.
@@ -212,6 +265,11 @@ def sandbox(
             seed=seed,
             record_requests=False if no_request_log else None,
             rules=[] if no_rules else None,
+            webhook_url=webhook_url,
+            webhook_app_secret=webhook_secret,
+            webhook_delivered_after_ms=webhook_delivered_ms,
+            webhook_read_share=webhook_read_share,
+            webhook_batch=webhook_batch,
         )
     except (OSError, ValidationError, ValueError) as exc:
         raise fail(f"sandbox: bad configuration: {exc}", 2) from None

@@ -7,7 +7,6 @@ at import time, because ``cli`` imports this module while it is itself being loa
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -88,17 +87,24 @@ def prune_command(
         int, typer.Option(min=1, help="Rows deleted per statement (keeps each lock short).")
     ] = 5000,
 ) -> None:
-    """Delete old sent and dead messages and their attempts; others are never touched."""
+    """Delete old sent and dead messages, their attempts and delivery statuses; and the old
+    statuses of no message. Others are never touched."""
     from .cli import fail
-    from .ledger.queries import parse_age, prune
+    from .ledger.queries import parse_age, prune, prune_statuses
 
     try:
         age = parse_age(older_than)
     except ValueError as exc:
         raise fail(f"--older-than: {exc}", 2) from None
-    url = _database_url()
-    removed = _on_ledger(url, lambda connection: prune(connection, age, batch))
-    typer.echo(f"removed {removed} sent or dead messages not updated for {older_than}")
+
+    async def work(connection: asyncpg.Connection[Any]) -> tuple[int, int]:
+        return await prune(connection, age, batch), await prune_statuses(connection, age, batch)
+
+    removed, statuses = _on_ledger(_database_url(), work)
+    typer.echo(
+        f"removed {removed} sent or dead messages not updated for {older_than}, with their "
+        f"attempts and delivery statuses, and {statuses} older delivery statuses of no message"
+    )
 
 
 def status_command(
@@ -113,7 +119,7 @@ def status_command(
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """The ledger's record of one message and its attempts.
+    """The ledger's record of one message, its attempts and each wamid's delivery statuses.
 
     The ledger keeps one record per (tenant, internalId). Without --tenant, the tables show
     every tenant's record of the id; --json prints one object, so it asks for --tenant when
@@ -121,6 +127,7 @@ def status_command(
     """
     from .cli import fail
     from .ledger.queries import message_status
+    from .render_status import show_record
 
     url = _database_url()
     records = _on_ledger(url, lambda connection: message_status(connection, internal_id, tenant))
@@ -139,7 +146,7 @@ def status_command(
     for n, record in enumerate(records):
         if n:
             typer.echo()
-        _show(record)
+        show_record(record)
 
 
 def _ambiguous(internal_id: str, records: list[dict[str, Any]]) -> str:
@@ -148,103 +155,3 @@ def _ambiguous(internal_id: str, records: list[dict[str, Any]]) -> str:
         f"{len(records)} tenants have a message {internal_id!r} in the ledger ({tenants}); "
         "choose one with --tenant"
     )
-
-
-# The readable view. Values are wrapped in Text so that brackets in error messages or
-# metadata are shown as they are, not read as rich markup.
-
-_STATUS_STYLE = {"sent": "green", "dead": "red"}
-# (header, column, right-aligned)
-_ATTEMPT_COLUMNS = (
-    ("#", "attempt", True),
-    ("started", "started_at", False),
-    ("latency ms", "latency_ms", True),
-    ("HTTP", "http_status", True),
-    ("code", "code", False),
-    ("subcode", "subcode", True),
-    ("category", "category", False),
-    ("outcome", "outcome", False),
-    ("ambiguous", "ambiguous", False),
-)
-_PIPED_WIDTH = 200
-_WIDE = 100  # below this the attempts' columns are one space apart
-
-_FIELDS = (
-    ("tenant", "tenant_id"),
-    ("number", "phone_number_id"),
-    ("recipient", "recipient"),
-    ("type", "type"),
-    ("status", "status"),
-    ("wamid", "wamid"),
-    ("retries", "retries"),
-    ("deliveries", "deliveries"),
-    ("last error code", "last_error_code"),
-    ("last error category", "last_error_category"),
-    ("last error message", "last_error_message"),
-    ("created (UTC)", "created_at"),
-    ("updated (UTC)", "updated_at"),
-    ("sent (UTC)", "sent_at"),
-    ("resolution", "resolution"),
-    ("metadata", "metadata"),
-)
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        # Seconds are enough for a person; --json keeps the full precision.
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    if isinstance(value, dict | list):
-        import orjson
-
-        return orjson.dumps(value).decode()
-    return str(value)
-
-
-def _show(record: dict[str, Any]) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        # Piped into grep or a file: keep a wamid on one line instead of breaking it at 80.
-        console = Console(highlight=False, width=_PIPED_WIDTH)
-    title = Text(f"message {record['internal_id']} of tenant {record['tenant_id']}")
-    message = Table(title=title, show_header=False, title_justify="left")
-    message.add_column(style="bold", no_wrap=True)
-    # fold: a long wamid breaks at the edge instead of being cut off with an ellipsis.
-    message.add_column(overflow="fold")
-    for label, column in _FIELDS:
-        style = _STATUS_STYLE.get(record["status"], "yellow") if column == "status" else ""
-        message.add_row(label, Text(_text(record[column]), style=style))
-    console.print(message)
-
-    attempts = record["attempts"]
-    if not attempts:
-        console.print("no attempts recorded")
-        return
-    # No vertical rules and narrow gaps: nine columns and a whole timestamp fit in 80.
-    table = Table(
-        title="attempts (times in UTC)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0) if console.width >= _WIDE else 0,
-        show_edge=False,
-    )
-    for header, column, right in _ATTEMPT_COLUMNS:
-        table.add_column(
-            header,
-            justify="right" if right else "left",
-            # Only the latency header may wrap ("latency" / "ms"): the values are short.
-            no_wrap=column != "latency_ms",
-        )
-    for attempt in attempts:
-        table.add_row(*(Text(_text(attempt[column])) for _, column, _ in _ATTEMPT_COLUMNS))
-    console.print(table)

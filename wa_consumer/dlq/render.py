@@ -70,7 +70,8 @@ def age(seconds: float | None) -> str:
     return " ".join(parts[:2])
 
 
-def _when(value: datetime | str | None) -> str:
+def when(value: datetime | str | None) -> str:
+    """A time in UTC to the second (``--json`` keeps the full precision)."""
     if value is None:
         return "-"
     if isinstance(value, str):
@@ -78,7 +79,8 @@ def _when(value: datetime | str | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _counts(title: str, counts: Counter[str]) -> Table:
+def counts_table(title: str, counts: Counter[str]) -> Table:
+    """One ``by ...`` table: the largest counts first, the rest summed up in one row."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column(title.removeprefix("by "), overflow="fold")
     table.add_column("count", justify="right")
@@ -106,19 +108,24 @@ def show_stats(stats: Stats) -> None:
         out.print(
             Text(
                 f"oldest failed {age(stats.oldest_age_seconds())} ago "
-                f"({_when(oldest.failed_at)} UTC, {oldest.internal_id or '-'})"
+                f"({when(oldest.failed_at)} UTC, {oldest.internal_id or '-'})"
             )
         )
     if not stats.matched:
         return
     out.print()
     tables = [
-        _counts("by category", stats.by_category),
-        _counts("by code", stats.by_code),
-        _counts("by tenant", stats.by_tenant),
-        _counts("by type", stats.by_type),
+        counts_table("by category", stats.by_category),
+        counts_table("by code", stats.by_code),
+        counts_table("by tenant", stats.by_tenant),
+        counts_table("by type", stats.by_type),
     ]
     out.print(Columns(tables, padding=(0, 4)))
+    show_groups(out, stats.ranked_groups(), more=bool(stats.other_groups))
+
+
+def show_groups(out: Console, ranked: list[Group], *, more: bool = False) -> None:
+    """The failure fingerprints, most frequent first (``failures stats`` shows the same)."""
     # One line per cause: the sample is cut at the edge (whole in --json and `dlq show`).
     groups = Table(
         title="by failure fingerprint (category + code + message with ids and numbers masked)",
@@ -137,7 +144,7 @@ def show_stats(stats: Stats) -> None:
         groups.add_column("category / code", overflow="fold", max_width=18)
     groups.add_column("tenants", justify="right", no_wrap=True)
     groups.add_column("sample message", no_wrap=True, overflow="ellipsis", ratio=1, min_width=20)
-    for group in stats.ranked_groups()[: _TOP * 2]:
+    for group in ranked[: _TOP * 2]:
         cause = [Text(group.category), Text(group.code)] if wide else [Text(_cause(group))]
         groups.add_row(
             group.fingerprint,
@@ -147,7 +154,7 @@ def show_stats(stats: Stats) -> None:
             Text(group.sample),
         )
     out.print(groups)
-    if len(stats.groups) > _TOP * 2 or stats.other_groups:
+    if len(ranked) > _TOP * 2 or more:
         out.print(Text("(more fingerprints in --json)", style="dim"))
 
 
@@ -219,7 +226,7 @@ def show_detail(detail: dict[str, Any], copies: int) -> None:
     for label, key in rows:
         value = detail.get(key)
         if key.endswith("_at"):
-            value = _when(value)
+            value = when(value)
         table.add_row(label, Text("-" if value is None else str(value)))
     out.print(table)
     if copies > 1:

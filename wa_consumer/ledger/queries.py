@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
@@ -37,6 +37,13 @@ SELECT * FROM wa_attempts
 WHERE internal_id = $1 AND tenant_id = ANY($2::text[])
 ORDER BY tenant_id, id
 """
+# Each wamid of the message (two when an ambiguous send was retried and both went out), in
+# the order Meta accepted them; through the index on the whole key.
+_STATUSES = """
+SELECT * FROM wa_deliveries
+WHERE internal_id = $1 AND tenant_id = ANY($2::text[])
+ORDER BY tenant_id, COALESCE(accepted_at, sent_at, received_at), wamid
+"""
 
 # The subquery bounds each statement to ``$3`` rows so no lock is held for long; the outer
 # conditions are checked again on the row being deleted, so a message replayed (claimed
@@ -44,16 +51,42 @@ ORDER BY tenant_id, id
 # another tenant's row with the same internal_id is neither deleted nor waited for. SKIP
 # LOCKED: rows a consumer is updating right now are skipped rather than waited for. A row is
 # never updated before it is created, so ``created_at`` (indexed, never changed) narrows the
-# search.
+# search. A message's delivery statuses (no foreign key: a status may come before its
+# message) go with it in the same statement, so none is left behind without its message.
 _PRUNE = """
-DELETE FROM wa_messages
-WHERE (tenant_id, internal_id) IN (
-    SELECT tenant_id, internal_id FROM wa_messages
-    WHERE created_at < $1 AND updated_at < $1 AND status = ANY($2::text[])
-    LIMIT $3
+WITH gone AS (
+    DELETE FROM wa_messages
+    WHERE (tenant_id, internal_id) IN (
+        SELECT tenant_id, internal_id FROM wa_messages
+        WHERE created_at < $1 AND updated_at < $1 AND status = ANY($2::text[])
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    )
+    AND updated_at < $1 AND status = ANY($2::text[])
+    RETURNING tenant_id, internal_id
+), statuses AS (
+    DELETE FROM wa_deliveries d USING gone g
+    WHERE d.tenant_id = g.tenant_id AND d.internal_id = g.internal_id
+)
+SELECT count(*) FROM gone
+"""
+# Statuses no message holds, first heard of before the cutoff: never tied to a send (a wamid
+# from elsewhere, or whose message was gone when it came), or left by a prune from before
+# statuses were pruned with their messages. Found through the index on received_at.
+_PRUNE_STATUSES = """
+DELETE FROM wa_deliveries
+WHERE wamid IN (
+    SELECT d.wamid FROM wa_deliveries d
+    WHERE d.received_at < $1 AND (d.tenant_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM wa_messages m
+        WHERE m.tenant_id = d.tenant_id AND m.internal_id = d.internal_id))
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-AND updated_at < $1 AND status = ANY($2::text[])
+AND received_at < $1
+AND (tenant_id IS NULL OR NOT EXISTS (
+    SELECT 1 FROM wa_messages m
+    WHERE m.tenant_id = wa_deliveries.tenant_id AND m.internal_id = wa_deliveries.internal_id))
 """
 
 _RESOLVE = """
@@ -90,7 +123,8 @@ def _count(status: str) -> int:
 async def message_status(
     conn: Connection, internal_id: str, tenant_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """The records of ``internal_id``, each with its attempts (oldest first) under ``attempts``.
+    """The records of ``internal_id``, each with its attempts (oldest first) under ``attempts``
+    and the delivery statuses of each of its wamids under ``statuses``.
 
     With ``tenant_id`` that tenant's record alone; without, every tenant's, ordered by tenant.
     Empty when the ledger has none.
@@ -103,31 +137,56 @@ async def message_status(
     attempts: dict[str, list[dict[str, Any]]] = {r["tenant_id"]: [] for r in records}
     for attempt in await conn.fetch(_ATTEMPTS, internal_id, list(attempts)):
         attempts[attempt["tenant_id"]].append(dict(attempt))
+    statuses: dict[str, list[dict[str, Any]]] = {r["tenant_id"]: [] for r in records}
+    for status in await conn.fetch(_STATUSES, internal_id, list(statuses)):
+        statuses[status["tenant_id"]].append(dict(status))
     for record in records:
         if record["metadata"] is not None:
             # jsonb comes back as text without a codec; decoded so JSON output nests it.
             record["metadata"] = orjson.loads(record["metadata"])
         record["attempts"] = attempts[record["tenant_id"]]
+        record["statuses"] = statuses[record["tenant_id"]]
     return records
 
 
-async def prune(conn: Connection, older_than: timedelta, batch: int = 5000) -> int:
-    """Delete sent and dead messages (their attempts cascade) not updated for ``older_than``.
-
-    Runs one bounded statement after another, each its own transaction, so a large ledger is
-    never locked for long. Returns how many messages were removed.
-    """
+async def _cutoff(conn: Connection, older_than: timedelta, batch: int) -> datetime:
     if batch < 1:
         raise ValueError("batch must be at least 1")
     if older_than < timedelta(0):
         raise ValueError("older_than must not be negative")
     # One cutoff, taken from the database's clock, for every batch of this run.
-    cutoff = await conn.fetchval("SELECT now() - $1::interval", older_than)
+    cutoff: datetime = await conn.fetchval("SELECT now() - $1::interval", older_than)
+    return cutoff
+
+
+async def prune(conn: Connection, older_than: timedelta, batch: int = 5000) -> int:
+    """Delete sent and dead messages not updated for ``older_than``, with their attempts and
+    delivery statuses.
+
+    Runs one bounded statement after another, each its own transaction, so a large ledger is
+    never locked for long. Returns how many messages were removed.
+    """
+    cutoff = await _cutoff(conn, older_than, batch)
     removed = 0
     while True:
-        deleted = _count(await conn.execute(_PRUNE, cutoff, list(_FINISHED), batch))
+        deleted: int = await conn.fetchval(_PRUNE, cutoff, list(_FINISHED), batch)
         removed += deleted
         if deleted < batch:  # the rest (if any) were locked; the next prune takes them
+            return removed
+
+
+async def prune_statuses(conn: Connection, older_than: timedelta, batch: int = 5000) -> int:
+    """Delete delivery statuses no message holds, first heard of more than ``older_than`` ago.
+
+    ``prune`` removes a message's own statuses with it; this takes those no send was ever
+    tied to. Bounded statements like ``prune``; returns how many were removed.
+    """
+    cutoff = await _cutoff(conn, older_than, batch)
+    removed = 0
+    while True:
+        deleted = _count(await conn.execute(_PRUNE_STATUSES, cutoff, batch))
+        removed += deleted
+        if deleted < batch:
             return removed
 
 

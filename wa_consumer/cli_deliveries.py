@@ -1,0 +1,166 @@
+"""The commands that read Meta's delivery statuses from the ledger (SPEC §8, §13):
+``failures stats | list | show ID`` and ``report costs``.
+
+A failure here is a message Meta accepted (our send got its 200, so it never reached the
+DLQ) and later reported ``failed`` in a status webhook. ``failures`` takes ``dlq``'s filters
+and groups by ``dlq``'s fingerprints (category + code + masked text), so causes are grouped
+alike before and after acceptance. Like ``cli_ledger``, this module borrows ``cli``'s helpers
+inside each command, never at import time, because ``cli`` imports it while it is itself
+being loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .cli_dlq import Fingerprints, Json, OlderThan, Since, Tenants, Types
+
+if TYPE_CHECKING:
+    from .dlq import Filter
+
+failures_app = typer.Typer(
+    name="failures",
+    help="Failures after acceptance: messages Meta accepted, then reported failed in a "
+    "status webhook (from the ledger). Filters as in `dlq`: one may be given more than once "
+    "(any of the values); different filters must all match.",
+    no_args_is_help=True,
+)
+report_app = typer.Typer(name="report", help="Reports from the ledger.", no_args_is_help=True)
+
+Categories = Annotated[
+    list[str] | None,
+    typer.Option("--category", metavar="CATEGORY", help="Our category, e.g. permanent"),
+]
+Codes = Annotated[
+    list[str] | None, typer.Option("--code", metavar="CODE", help="Meta's code, e.g. 131026")
+]
+
+
+def _filter(**values: Any) -> Filter:
+    from .cli import fail
+    from .dlq import Filter
+
+    try:
+        return Filter.of(**values)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+
+
+@failures_app.command("stats")
+def stats_command(
+    tenant: Tenants = None,
+    category: Categories = None,
+    code: Codes = None,
+    type_: Types = None,
+    fingerprint: Fingerprints = None,
+    since: Since = None,
+    older_than: OlderThan = None,
+    json_: Json = False,
+) -> None:
+    """Counts by category, code, tenant, type and failure fingerprint; the oldest's age."""
+    from .cli_ledger import _database_url, _on_ledger
+    from .dlq.render import print_json
+    from .ledger.deliveries import failure_stats
+    from .render_deliveries import show_failure_stats
+
+    selection = _filter(
+        tenants=tenant, categories=category, codes=code, types=type_,
+        fingerprints=fingerprint, since=since, older_than=older_than,
+    )  # fmt: skip
+    result = _on_ledger(_database_url(), lambda c: failure_stats(c, selection))
+    if json_:
+        print_json(result.to_json())
+    else:
+        show_failure_stats(result)
+
+
+@failures_app.command("list")
+def list_command(
+    tenant: Tenants = None,
+    category: Categories = None,
+    code: Codes = None,
+    type_: Types = None,
+    fingerprint: Fingerprints = None,
+    since: Since = None,
+    older_than: OlderThan = None,
+    limit: Annotated[int, typer.Option(min=1, help="Failures to show.")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Matching failures to skip first.")] = 0,
+    json_: Json = False,
+) -> None:
+    """One row per failed wamid, newest first, with Meta's reason."""
+    from .cli_ledger import _database_url, _on_ledger
+    from .dlq.render import print_json
+    from .ledger.deliveries import failure_page
+    from .render_deliveries import show_failure_page
+
+    selection = _filter(
+        tenants=tenant, categories=category, codes=code, types=type_,
+        fingerprints=fingerprint, since=since, older_than=older_than,
+    )  # fmt: skip
+    page = _on_ledger(
+        _database_url(), lambda c: failure_page(c, selection, limit=limit, offset=offset)
+    )
+    if json_:
+        print_json(page.to_json())
+    else:
+        show_failure_page(page)
+
+
+@failures_app.command("show")
+def show_command(
+    key: Annotated[str, typer.Argument(metavar="ID", help="A wamid, or a message's internalId.")],
+    json_: Json = False,
+) -> None:
+    """Every failed wamid of one message (every tenant's, for a shared internalId)."""
+    from .cli import fail
+    from .cli_ledger import _database_url, _on_ledger
+    from .dlq.render import print_json
+    from .ledger.deliveries import failure_detail
+    from .render_deliveries import show_failure_detail
+
+    found = _on_ledger(_database_url(), lambda c: failure_detail(c, key))
+    if not found:
+        raise fail(f"no failure after acceptance of {key!r} in the ledger", 1)
+    if json_:
+        print_json(found)
+    else:
+        show_failure_detail(found)
+
+
+@report_app.command("costs")
+def costs_command(
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Messages the ledger first heard of at or after: 7d, 24h or an ISO time.",
+        ),
+    ] = "7d",
+    tenant: Tenants = None,
+    json_: Json = False,
+) -> None:
+    """Billable messages per tenant and pricing category, as Meta's statuses priced them.
+
+    Once per wamid, by its latest pricing; those not priced yet are counted apart.
+    The window is on when the ledger first heard of each wamid (its send's result
+    or its first status, seconds apart).
+    """
+    from .cli import fail
+    from .cli_ledger import _database_url, _on_ledger
+    from .dlq.filters import parse_since
+    from .dlq.render import print_json
+    from .ledger.costs import costs
+    from .render_deliveries import show_costs
+
+    try:
+        start = parse_since(since)
+    except ValueError as exc:
+        raise fail(f"--since: {exc}", 2) from None
+    report = _on_ledger(_database_url(), lambda c: costs(c, start, tenant))
+    if json_:
+        print_json(report.to_json())
+    else:
+        show_costs(report, since)
