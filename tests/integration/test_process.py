@@ -178,6 +178,13 @@ async def test_topology_check_then_declare_then_check(vhost, sandbox) -> None:
     code, out, _ = await run_cli(settings, "topology", "declare", "--check")
     assert code == 0
     assert "as configured" in out
+    async with broker_for(settings) as broker:  # the webhook queues are checked too (§13)
+        channel = await broker.connection.channel()
+        await channel.queue_delete(settings.webhook_queue)
+        await channel.close()
+    code, _, err = await run_cli(settings, "topology", "declare", "--check")
+    assert code == 1
+    assert settings.webhook_queue in err
 
 
 async def test_no_token_appears_in_logs_or_dead_letter_headers(vhost, sandbox) -> None:
