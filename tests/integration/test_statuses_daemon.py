@@ -15,6 +15,7 @@ import pytest
 from yarl import URL
 
 from wa_consumer.settings import Settings
+from wa_consumer.webhooks.receiver import WebhookReceiver
 
 from .harness import broker_for, make_settings, running, text_message, wait_for
 from .proxy import TcpProxy
@@ -196,3 +197,36 @@ async def test_statuses_wait_in_the_queue_while_the_ledger_is_away(
             await wait_for(lambda: _zero(broker.count(settings.webhook_queue)))
     finally:
         await proxy.close()
+
+
+async def test_an_ambiguous_send_is_reconciled_by_its_status_and_not_sent_again(
+    vhost, sandbox, database
+) -> None:
+    """Every answer comes after the daemon's timeout, but Meta (the sandbox) accepted the
+    send and its `sent` status arrives: the retry is then a duplicate, not a second message."""
+    secret = "reconcile-secret"
+    settings = make_settings(
+        vhost, sandbox.url, database_url=database, webhook_app_secret=secret,
+        http_timeout_seconds=1.0, retry_delays=[1.5, 3],
+    )  # fmt: skip
+    receiver = WebhookReceiver(settings)
+    port = await receiver.start(host="127.0.0.1", port=0)
+    sandbox.state.configure(
+        latency={"ms": 1500},
+        webhooks={"url": f"http://127.0.0.1:{port}/webhook", "app_secret": secret},
+    )
+    message = text_message("acme", "27820000077")
+    internal_id = message["metadata"]["internalId"]
+    try:
+        async with running(settings) as daemon, broker_for(settings) as broker:
+            await broker.publish(message)
+            await wait_for(lambda: _true(sample(daemon, "wa_duplicates_total") == 1), timeout=20)
+            assert sample(daemon, "wa_ambiguous_sends_total") == 1
+    finally:
+        await receiver.close()
+    accepted = [r for r in sandbox.state.requests() if r["body"]["to"] == "27820000077"]
+    assert len(accepted) == 1  # the customer got one message
+    [row] = await query(
+        database, "SELECT status, wamid FROM wa_messages WHERE internal_id = $1", internal_id
+    )
+    assert row["status"] == "sent" and row["wamid"] is not None
