@@ -57,7 +57,7 @@ log = get_logger("probe")
 @dataclass(frozen=True, slots=True)
 class WatchedQueue:
     name: str
-    role: str  # main | wait | dead
+    role: str  # main | wait | dead | webhooks | webhooks_failed
     peek: bool  # read the head message's age (see the module docstring)
 
 
@@ -173,11 +173,14 @@ def _time(value: object) -> datetime | None:
 def watched_queues(
     settings: Settings, retry_queues: Iterable[str], *, peek_main: bool
 ) -> list[WatchedQueue]:
-    """The main, wait and dead-letter queues, peeked as asked where that is safe."""
+    """The main, wait and dead-letter queues, peeked as asked where that is safe; the
+    webhook queues (a status backlog, unreadable bodies) are counted, never peeked."""
     classic = settings.queue_type == "classic"
     peek = set(settings.metrics_queue_peek) if classic else set()
     return [
         WatchedQueue(settings.queue, "main", "main" in peek and peek_main),
         *(WatchedQueue(name, "wait", "wait" in peek) for name in retry_queues),
         WatchedQueue(settings.dead_letter_queue, "dead", "dead" in peek),
+        WatchedQueue(settings.webhook_queue, "webhooks", False),
+        WatchedQueue(settings.webhook_failed_queue, "webhooks_failed", False),
     ]

@@ -9,6 +9,8 @@ from typing import Any
 from wa_consumer.metrics import MAX_TENANTS, Fanout, Metrics, NullObserver
 from wa_consumer.outcomes import Dead, Delivered, Duplicate, Failure, Retry
 from wa_consumer.probe import entered_at
+from wa_consumer.webhooks.observe import StatusMetrics
+from wa_consumer.webhooks.receiver_metrics import ReceiverMetrics
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -107,7 +109,15 @@ def test_the_deploy_dashboard_and_rules_use_only_metrics_the_daemon_exports() ->
     m.outcome(Retry("q", 30, Failure("transient", "131000", "x")), "retry", "text", "acme")
     m.queue_depth.labels("q", "main")
     m.queue_oldest_age.labels("q", "main")
-    exported = {s.name for family in m.registry.collect() for s in family.samples}
+    statuses = StatusMetrics(m.registry)
+    statuses.failed.labels("account", "131048")
+    receiver = ReceiverMetrics(lambda: True)
+    exported = {
+        s.name
+        for registry in (m.registry, receiver.registry)
+        for family in registry.collect()
+        for s in family.samples
+    }
 
     dashboard = json.loads((deploy / "grafana-dashboard.json").read_text())
     rules = yaml.safe_load((deploy / "prometheus-alerts.yml").read_text())
@@ -123,4 +133,6 @@ def test_the_deploy_dashboard_and_rules_use_only_metrics_the_daemon_exports() ->
         "WaConsumerQueueAge",
         "WaConsumerNotReady",
         "WaConsumerStalled",
+        "WaConsumerStatusBacklog",
+        "WaWebhookReceiverRefusing",
     }
