@@ -281,12 +281,16 @@ def demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for every message to reach its end.")
     ] = 40.0,
+    keep_ledger: Annotated[
+        bool,
+        typer.Option(help="Keep the demo's scratch ledger database, for `failures list` etc."),
+    ] = False,
 ) -> None:
     """The newcomer's tour: sandbox, daemon and sample traffic on a vhost of its own."""
     settings = settings_or_exit()
     from .demo import run_demo
 
-    raise typer.Exit(run_demo(settings, timeout=timeout, run=run_async))
+    raise typer.Exit(run_demo(settings, timeout=timeout, keep_ledger=keep_ledger, run=run_async))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich import box
 from rich.columns import Columns
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -57,8 +58,9 @@ def show_failure_stats(stats: FailureStats) -> None:
     show_groups(out, stats.ranked_groups(), more=bool(stats.other_groups))
 
 
-def show_failure_page(page: FailurePage) -> None:
-    out = console()
+def show_failure_page(page: FailurePage, out: Console | None = None) -> None:
+    """The page as ``failures list`` prints it (on ``out``: the demo's own console)."""
+    out = out or console()
     shown = len(page.records)
     first = page.offset + 1 if shown else 0
     out.print(

@@ -244,3 +244,20 @@ async def test_a_failed_status_is_classified_and_kept_with_its_text(database: st
     assert (a.error_category, a.error_code, a.error_message) == ("account", "131048", "quality")
     r = await row(database, w)
     assert (r["status"], r["error_title"]) == ("failed", "Spam rate limit hit")
+
+
+async def test_a_read_receipt_accepted_without_a_wamid_leaves_no_delivery_row(
+    database: str,
+) -> None:
+    body = {
+        "metadata": {"tenantId": "acme", "internalId": str(uuid.uuid4())},
+        "wabaPayload": {"messaging_product": "whatsapp", "status": "read", "message_id": "w.1"},
+    }
+    receipt = parse(orjson.dumps(body))
+    async with ledger_at(database) as ledger:
+        await sent(ledger, receipt, "")  # the Cloud API answers {"success": true}
+    connection = await asyncpg.connect(database)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM wa_deliveries WHERE wamid = ''") == 0
+    finally:
+        await connection.close()

@@ -1,14 +1,17 @@
 """``wa-consumer demo``: the newcomer's tour, end to end on the local RabbitMQ.
 
-The sandbox (Cloud API and tenant service stand-in) and the daemon run in this process,
-on a vhost of the demo's own, with retry delays of a second or two. The demo publishes one
-message of every type and one for every outcome (retried then sent, and dead for each
-reason), follows each to its end, and prints where each ended and why. It exits 0 only when
-every message ended where it should. The daemon's log goes to a file, so that the summary
-stays readable; its path is printed.
+The sandbox (Cloud API and tenant service stand-in), the webhook receiver and the daemon run
+in this process, on a vhost of the demo's own, with retry delays of a second or two, and
+with a scratch PostgreSQL database as the ledger (dropped at the end; without PostgreSQL the
+demo runs without a ledger and skips statuses). The demo publishes one message of every type
+and one for every outcome (retried then sent, dead for each reason, accepted then failed in
+a status webhook), follows each to its end and its delivery status, and prints where each
+ended and why. It exits 0 only when every message ended where it should. The daemon's log
+goes to a file, so that the summary stays readable; its path is printed.
 
-Modules: ``samples`` (the traffic), ``isolation`` (the vhost, or unique names), ``tour``
-(the run), ``report`` (the summary).
+Modules: ``samples`` (the traffic), ``isolation`` (the vhost, or unique names), ``scratch``
+(the ledger's database), ``tour`` (the run), ``statuses`` (webhooks, waiting for them),
+``queues`` (what the run left in them), ``report`` and ``status_report`` (the summary).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..settings import Settings
 from .isolation import Place, prepare, remove_names, remove_vhost
 from .report import report
 from .samples import build_samples
+from .scratch import ScratchLedger
 from .tour import Findings, tour
 
 __all__ = ["DEMO_POLICY", "run_demo"]
@@ -44,7 +48,7 @@ DEMO_POLICY: dict[str, Any] = {
     "shutdown_grace_seconds": 5.0,
     "prefetch": 50,
     "metrics_port": 0,
-    # No ledger: the demo's made-up messages stay out of whatever database WA_DATABASE_URL names.
+    # Not WA_DATABASE_URL's database: the demo's made-up messages go to a scratch one (or none).
     "database_url": None,
 }
 """Settings that make the tour take seconds instead of the production ladder's hour."""
@@ -68,10 +72,14 @@ def run_demo(
     settings: Settings,
     *,
     timeout: float = 40.0,
+    keep_ledger: bool = False,
     run: Runner = asyncio.run,
     console: Console | None = None,
 ) -> int:
-    """Run the tour and print its summary; the exit code (0: all as expected)."""
+    """Run the tour and print its summary; the exit code (0: all as expected).
+
+    ``keep_ledger``: leave the scratch database in place at the end, for the ledger commands.
+    """
     console = console or _console()
     started = time.monotonic()
     samples = build_samples()
@@ -80,6 +88,7 @@ def run_demo(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
+    scratch = ScratchLedger(settings.database_url, place.tag)
     settings = settings.model_copy(
         update={"amqp_url": place.amqp_url, **place.names, **DEMO_POLICY}
     )
@@ -87,12 +96,16 @@ def run_demo(
     console.print(f"[bold]wa-consumer demo[/]: {len(samples)} messages, end to end")
     console.print(f"  broker      {place.where()}", highlight=False)
     console.print(f"  daemon log  {log_path}", highlight=False)
-    console.print("  ledger      off (nothing is written to WA_DATABASE_URL)", highlight=False)
     code = 1
     with log_path.open("w", encoding="utf-8") as log:
         _log_to(log, settings)
         try:
-            findings: Findings = run(tour(settings, samples, console, timeout))
+            ledger = _open_ledger(console, scratch, keep_ledger, run)
+            if ledger is not None:
+                settings = settings.model_copy(update={"database_url": ledger.url})
+            findings: Findings = run(
+                tour(settings, samples, console, timeout, scratch=ledger, keep=keep_ledger)
+            )
             code = report(console, samples, findings, str(log_path), timeout)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: cleaning up[/]")
@@ -101,8 +114,44 @@ def run_demo(
             console.print(f"[red]demo failed: {exc}[/]")
         finally:
             code = _clean_up(console, place, settings, run) or code
+            code = _drop(console, scratch, keep_ledger, run) or code
     console.print(f"done in {time.monotonic() - started:.1f} s", highlight=False)
     return code
+
+
+def _open_ledger(
+    console: Console, scratch: ScratchLedger, keep: bool, run: Runner
+) -> ScratchLedger | None:
+    """The scratch database, made; None (and a note) when PostgreSQL is not at hand."""
+    reason: str | None = run(scratch.create())
+    if reason is not None:
+        console.print(f"  ledger      off: {reason}; delivery statuses skipped", highlight=False)
+        return None
+    end = "kept at the end" if keep else "dropped at the end"
+    console.print(
+        f"  ledger      database {scratch.name} on {scratch.where()} (its own, {end})",
+        highlight=False,
+    )
+    return scratch
+
+
+def _drop(console: Console, scratch: ScratchLedger, keep: bool, run: Runner) -> int:
+    """Drop the scratch database unless kept; 1 if that failed."""
+    if not scratch.made:
+        return 0
+    if keep:
+        console.print(
+            f"kept database {scratch.name} on {scratch.where()} "
+            f'(when done: DROP DATABASE "{scratch.name}")',
+            highlight=False,
+        )
+        return 0
+    error: str | None = run(scratch.drop())
+    if error is None:
+        console.print(f"dropped database {scratch.name}", highlight=False)
+        return 0
+    console.print(f"[red]could not drop database {scratch.name}: {error}[/]", highlight=False)
+    return 1
 
 
 def _clean_up(console: Console, place: Place, settings: Settings, run: Runner) -> int:

@@ -40,6 +40,8 @@ class Place:
     prefix: str = ""
     note: str = ""
     """Why the unique-names mode was chosen."""
+    tag: str = ""
+    """This run's tag, in every name it makes (the scratch ledger's too)."""
 
     def where(self) -> str:
         """The place in words, without the password."""
@@ -86,7 +88,7 @@ def prepare(settings: Settings) -> Place:
             remove_vhost(vhost)
             raise
         else:
-            return Place(str(url.with_path(f"/{vhost}")), vhost)
+            return Place(str(url.with_path(f"/{vhost}")), vhost, tag=tag)
     prefix = f"wa-demo-{tag}"
     names = {
         "exchange": f"{prefix}-exchange",
@@ -99,7 +101,7 @@ def prepare(settings: Settings) -> Place:
         "webhook_failed_queue": f"{prefix}-inbound-webhooks-failed",
         "inbound_messages_queue": f"{prefix}-inbound-messages",
     }
-    return Place(settings.amqp_url, None, names, prefix, note)
+    return Place(settings.amqp_url, None, names, prefix, note, tag)
 
 
 def remove_vhost(vhost: str) -> str | None:

@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .queues import DeadLetter
 from .samples import SENT, Sample
-from .tour import DeadLetter, Findings, Tally
+from .status_report import show_statuses
+from .tour import Findings, Tally
 
 ERROR_CHARS = 50
 WIDE = 170
@@ -180,6 +182,8 @@ def report(
     problems = [
         f"{e.sample.label} ({e.sample.internal_id}): {p}" for e in ends if (p := e.problem())
     ]
+    if findings.statuses is not None:
+        problems += show_statuses(console, samples, findings.statuses)
     problems += [f"dead letter from no sample: {d.internal_id} ({d.category})" for d in strangers]
     if unknown:
         problems.append(f"{unknown} Cloud API requests match no message's body as published")

@@ -1,13 +1,15 @@
 """The demo's traffic: one sample per message type, then one per outcome the daemon can reach.
 
-Outcomes are provoked through the sandbox's recipient rules (``1555 00D xxxx``, see
-``wa_consumer.sandbox``) and its default tenants, so the demo needs no configuration of its
-own. Every sample gets a recipient of its own: the sandbox counts ``times`` rules per
-recipient, and the demo finds a sample's requests in the sandbox's log by their body.
+Outcomes are provoked through the sandbox's recipient rules (``1555 00D xxxx``, and
+``1555 01D xxxx`` for failures after acceptance; see ``wa_consumer.sandbox``) and its default
+tenants, so the demo needs no configuration of its own. Every sample gets a recipient of its
+own: the sandbox counts ``times`` rules per recipient, and the demo finds a sample's requests
+in the sandbox's log by their body.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -39,6 +41,8 @@ class Sample:
     """The ``wabaPayload`` the sandbox should receive (None: never sent)."""
     raw: bool = False
     """Published as bytes, without the publisher's validation (poison input)."""
+    fails_after: str | None = None
+    """Meta's code of the ``failed`` status webhook that follows its acceptance, if any."""
 
 
 class _Recipients:
@@ -53,6 +57,10 @@ class _Recipients:
 
     def rule(self, digit: int) -> str:
         return f"155500{digit}{next(self._ruled):04d}"
+
+    def late(self, digit: int) -> str:
+        """Accepted, then ``failed`` in a status webhook (the sandbox's ``1555 01D`` rules)."""
+        return f"155501{digit}{next(self._ruled):04d}"
 
 
 def _envelope(tenant: str, waba: dict[str, Any], **metadata: Any) -> dict[str, Any]:
@@ -223,6 +231,11 @@ def _outcomes(to: _Recipients) -> Iterator[Sample]:
     ]
     for digit, category, label in dead:
         yield _sample(label, "globex", "text", category, _text(to.rule(digit)))
+    # Sent as far as the daemon can tell (a 200 and a wamid); Meta's status says otherwise.
+    for digit, code in ((0, "131026"), (1, "131047")):
+        label, recipient = f"accepted, then failed {code}", to.late(digit)
+        sample = _sample(label, "acme", "text", SENT, _text(recipient))
+        yield dataclasses.replace(sample, fails_after=code)
     yield _sample("suspended tenant", "initech", "text", "tenant_suspended", _text(to.plain()))
     yield _sample("unknown tenant", "umbrella", "text", "tenant_unknown", _text(to.plain()))
     yield _sample(

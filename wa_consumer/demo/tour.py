@@ -3,12 +3,14 @@ followed to its end, then the daemon stopped and the dead-letter queue read.
 
 A message has reached its end when the sandbox has accepted it (its request log) or when it
 is in the dead-letter queue; the progress bar counts both, so the wait ends by condition,
-bounded by a timeout.
+bounded by a timeout. With a ledger of its own, the run then waits (bounded too) for the
+delivery statuses of what the sandbox accepted (``statuses``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +19,7 @@ from typing import Any
 import aio_pika
 import aiormq
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -25,25 +27,17 @@ from ..consumer import Daemon
 from ..errors import WaConsumerError
 from ..message import CALLBACK_KEY
 from ..publisher import Publisher
-from ..sandbox import RunningSandbox, start_sandbox
+from ..sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from ..settings import Settings
-from ..topology import Topology, connect
+from ..topology import connect
+from . import queues
+from .queues import DeadLetter
 from .samples import Sample
+from .scratch import ScratchLedger
+from .statuses import WAIT_SECONDS, StatusFindings, StatusLoop
 
 START_TIMEOUT = 20.0
 POLL_SECONDS = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message read from the dead-letter queue, with the reason the daemon attached."""
-
-    internal_id: str | None
-    body: bytes
-    category: str
-    code: str
-    message: str
-    retries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +52,8 @@ class Findings:
     """Messages still in the main queue and the wait queues after the daemon stopped."""
     daemon_exit: int | None
     timed_out: bool
+    statuses: StatusFindings | None = None
+    """Delivery statuses in the scratch ledger; None when the demo ran without one."""
 
 
 def _key(payload: Any) -> bytes:
@@ -98,10 +94,25 @@ class Tally:
 
 
 async def tour(
-    settings: Settings, samples: Sequence[Sample], console: Console, wait_seconds: float
+    settings: Settings,
+    samples: Sequence[Sample],
+    console: Console,
+    wait_seconds: float,
+    *,
+    scratch: ScratchLedger | None = None,
+    keep: bool = False,
 ) -> Findings:
-    """Run the whole demo; raises ``WaConsumerError`` when the broker or daemon cannot start."""
-    async with await start_sandbox(port=0) as sandbox:
+    """Run the whole demo; raises ``WaConsumerError`` when the broker or daemon cannot start.
+
+    With a ``scratch`` ledger, the sandbox's status webhooks go through the receiver to it.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        hooks: StatusLoop | None = None
+        config: SandboxConfig | None = None
+        if scratch is not None:  # closed last: the sandbox stops posting before it stops
+            hooks = await stack.enter_async_context(StatusLoop(settings, scratch, keep=keep))
+            settings, config = hooks.settings, hooks.sandbox_config()
+        sandbox = await stack.enter_async_context(await start_sandbox(port=0, config=config))
         settings = settings.model_copy(
             update={
                 "graph_api_url": sandbox.url,
@@ -111,14 +122,22 @@ async def tour(
             }
         )
         console.print(f"  sandbox     {sandbox.url} (Cloud API and tenant service stand-in)")
+        if hooks is not None:
+            console.print(
+                f"  webhooks    {hooks.url} (receiver: the sandbox posts a signed status "
+                "webhook for each message it accepted)",
+                highlight=False,
+            )
         daemon = Daemon(settings)
         task = await _start(daemon)
         exit_code: int | None = None
+        statuses_timed_out = False
         try:
             console.print(
                 f"  daemon      consuming {settings.queue}; retries after "
                 f"{', '.join(f'{d:g} s' for d in settings.retry_delays)}, "
                 f"at most {settings.max_retries}"
+                + ("; statuses into the ledger" if hooks is not None else "")
             )
             connection = await connect(settings.amqp_url)
             try:
@@ -132,16 +151,29 @@ async def tour(
                 timed_out = not await _follow(
                     connection, settings, sandbox, tally, console, wait_seconds
                 )
+                if hooks is not None:
+                    statuses_timed_out = not await hooks.wait(sandbox, console, WAIT_SECONDS)
                 exit_code = await _stop(daemon, task)
-                dead = await _drain(connection, settings.dead_letter_queue)
-                left = await _left(connection, settings)
+                dead = await queues.drain(connection, settings.dead_letter_queue)
+                left = await queues.left(connection, settings)
             finally:
                 await connection.close()
         finally:
             if not task.done():
                 await _stop(daemon, task)
+        # Read once the daemon has stopped: the statuses in its hands are written by then.
+        statuses = None
+        if hooks is not None:
+            statuses = await hooks.collect(sandbox, timed_out=statuses_timed_out)
         return Findings(
-            settings, sandbox.url, sandbox.state.requests(), dead, left, exit_code, timed_out
+            settings,
+            sandbox.url,
+            sandbox.state.requests(),
+            dead,
+            left,
+            exit_code,
+            timed_out,
+            statuses,
         )
 
 
@@ -203,11 +235,6 @@ async def _publish(
         await channel.close()
 
 
-async def _count(channel: AbstractChannel, queue: str) -> int:
-    declared = await channel.declare_queue(queue, passive=True)
-    return declared.declaration_result.message_count or 0
-
-
 async def _follow(
     connection: AbstractConnection,
     settings: Settings,
@@ -232,7 +259,7 @@ async def _follow(
             bar = progress.add_task("messages settled", total=total, sent=0, dead=0)
             while True:
                 tally.follow(sandbox)
-                dead = await _count(channel, settings.dead_letter_queue)
+                dead = await queues.count(channel, settings.dead_letter_queue)
                 settled = tally.sent + dead
                 progress.update(bar, completed=min(settled, total), sent=tally.sent, dead=dead)
                 if settled >= total:
@@ -240,42 +267,3 @@ async def _follow(
                 if loop.time() >= deadline:
                     return False
                 await asyncio.sleep(POLL_SECONDS)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return "" if value is None else str(value)
-
-
-def _dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
-    headers = message.headers or {}
-    try:
-        retries = int(_text(headers.get("x-retry-count")) or 0)
-    except ValueError:
-        retries = 0
-    return DeadLetter(
-        internal_id=message.message_id,
-        body=message.body,
-        category=_text(headers.get("x-error-category")),
-        code=_text(headers.get("x-error-code")),
-        message=_text(headers.get("x-error-message")),
-        retries=retries,
-    )
-
-
-async def _drain(connection: AbstractConnection, queue_name: str) -> list[DeadLetter]:
-    """Take every dead message (the demo's own queue: nothing to hand back)."""
-    out: list[DeadLetter] = []
-    async with connection.channel() as channel:
-        queue = await channel.declare_queue(queue_name, passive=True)
-        while (message := await queue.get(no_ack=True, fail=False, timeout=10)) is not None:
-            out.append(_dead_letter(message))
-    return out
-
-
-async def _left(connection: AbstractConnection, settings: Settings) -> dict[str, int]:
-    """Messages still in the main queue and the wait queues."""
-    names = [settings.queue, *Topology.from_settings(settings).retry_queues.values()]
-    async with connection.channel() as channel:
-        return {name: await _count(channel, name) for name in names}

@@ -71,7 +71,7 @@ WITH attempts AS (
     INSERT INTO wa_deliveries AS d (wamid, tenant_id, internal_id, status, accepted_at)
     SELECT f->>3, f->>0, f->>1, 'accepted', now()
     FROM jsonb_array_elements($1::jsonb) AS f
-    WHERE f->>2 = 'sent' AND f->>3 IS NOT NULL
+    WHERE f->>2 = 'sent' AND f->>3 <> ''  -- a read receipt is accepted with no wamid
     ON CONFLICT (wamid) DO UPDATE SET
         tenant_id = EXCLUDED.tenant_id, internal_id = EXCLUDED.internal_id,
         accepted_at = COALESCE(d.accepted_at, EXCLUDED.accepted_at), updated_at = now()
