@@ -11,14 +11,11 @@ being loaded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from .cli_dlq import Fingerprints, Json, OlderThan, Since, Tenants, Types
-
-if TYPE_CHECKING:
-    from .dlq import Filter
+from .cli_dlq import Fingerprints, Json, OlderThan, Since, Tenants, Types, filter_or_exit
 
 failures_app = typer.Typer(
     name="failures",
@@ -38,16 +35,6 @@ Codes = Annotated[
 ]
 
 
-def _filter(**values: Any) -> Filter:
-    from .cli import fail
-    from .dlq import Filter
-
-    try:
-        return Filter.of(**values)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-
-
 @failures_app.command("stats")
 def stats_command(
     tenant: Tenants = None,
@@ -65,7 +52,7 @@ def stats_command(
     from .ledger.deliveries import failure_stats
     from .render_deliveries import show_failure_stats
 
-    selection = _filter(
+    selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
@@ -95,7 +82,7 @@ def list_command(
     from .ledger.deliveries import failure_page
     from .render_deliveries import show_failure_page
 
-    selection = _filter(
+    selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip

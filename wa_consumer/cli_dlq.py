@@ -60,7 +60,8 @@ Ids = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
-def _filter(**values: Any) -> Filter:
+def filter_or_exit(**values: Any) -> Filter:
+    """The filters given, or the command ends with one line saying which one is wrong."""
     from .cli import fail
     from .dlq import Filter
 
@@ -115,7 +116,7 @@ def stats_command(
     from .dlq import stats
     from .dlq.render import print_json, progress_bar, show_stats
 
-    selection = _filter(
+    selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
@@ -151,7 +152,7 @@ def list_command(
     from .dlq import list_page
     from .dlq.render import print_json, progress_bar, show_page
 
-    selection = _filter(
+    selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
@@ -222,7 +223,7 @@ def replay_command(
     from .dlq import open_ledger, replay
     from .dlq.render import print_json, progress_bar, show_replay
 
-    selection = _filter(
+    selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than, ids=id_,
     )  # fmt: skip
@@ -277,7 +278,7 @@ def purge_command(
     from .dlq import open_ledger, purge
     from .dlq.render import print_json, progress_bar, show_purge
 
-    selection = _filter(
+    selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than, ids=id_,
     )  # fmt: skip
