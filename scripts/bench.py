@@ -14,8 +14,17 @@ figures also go to ``--json`` (default ``bench-results/latest.json``). Everythin
 RabbitMQ vhost and a PostgreSQL database of its own, both removed at the end, also on
 failure or Ctrl-C. Every wait has a deadline (``--deadline``).
 
+Delivery statuses (issue 14), measured only when named in ``--scenarios``:
+
+webhooks   webhooks/s ``wa-consumer webhook`` accepts (signed POSTs from a load generator in a
+           process of its own, 200 in flight), over the floor of the same round: the same
+           bodies published with confirms from one aio-pika channel; CPU µs per webhook;
+statuses   statuses/s the daemon's status consumer applies to the ledger from a pre-filled
+           webhook queue; CPU µs per status of the daemon and of PostgreSQL.
+
     .venv/bin/python scripts/bench.py --messages 20000 --repeat 3
     .venv/bin/python scripts/bench.py --scenarios floor,zero-on --log-level WARNING
+    .venv/bin/python scripts/bench.py --scenarios webhooks,statuses --messages 10000 --repeat 3
 
 The parts live in ``scripts/benchlib/``.
 """

@@ -12,8 +12,14 @@ scenarios
     what each scenario is and the settings its daemon runs with.
 measure
     one measurement of one scenario: the floor or a daemon.
-report
-    medians, ratios against their targets, the table and the JSON.
+bodies
+    Meta's status webhooks for the delivery-status scenarios, and the sends they refer to.
+webhooks, loadgen
+    the ``webhooks`` scenario: the receiver against its publish floor; Meta's side of it.
+statuses
+    the ``statuses`` scenario: the daemon applying statuses to a seeded ledger.
+report, report_delivery
+    medians, ratios against their targets, the table and the JSON; the delivery-status block.
 cli
     options, the rounds, and clean-up on every way out.
 """

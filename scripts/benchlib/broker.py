@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import aio_pika
@@ -141,6 +141,76 @@ async def prefill(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(channel.close(), 10)
     return n / (time.perf_counter() - started), [internal_id for _, internal_id, _ in encoded]
+
+
+async def publish_confirmed(
+    connection: AbstractConnection,
+    exchange: str,
+    routing_key: str,
+    bodies: Sequence[bytes],
+    in_flight: int,
+    seconds: float,
+) -> tuple[float, float, float]:
+    """Each body once, as the webhook receiver publishes it (persistent, ``mandatory``, from
+    one channel with confirms), ``in_flight`` awaiting their confirms at any time.
+
+    Returns the seconds from the first publish to the 10%, the 90% and the last confirm; a
+    nack, a return or ``seconds`` passing is a ``BenchError``.
+    """
+    n = len(bodies)
+    channel = await bounded(
+        connection.channel(publisher_confirms=True, on_return_raises=True), 10, "open channel"
+    )
+    try:
+        target = await bounded(channel.get_exchange(exchange), 10, f"get exchange {exchange}")
+        marks: dict[int, float] = {}
+        mark_at = {n // 10, (9 * n) // 10, n}
+        pending = iter(bodies)
+        confirmed = 0
+
+        async def publisher() -> None:
+            nonlocal confirmed
+            for body in pending:  # one iterator for all: each body once
+                message = aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                )
+                confirmation = await target.publish(message, routing_key, mandatory=True)
+                if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+                    raise BenchError(f"publish: the broker answered {confirmation!r}")
+                confirmed += 1
+                if confirmed in mark_at:
+                    marks[confirmed] = time.perf_counter()
+
+        started = time.perf_counter()
+        tasks = [asyncio.ensure_future(publisher()) for _ in range(min(in_flight, n))]
+        try:
+            done, waiting = await asyncio.wait(
+                tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION
+            )
+        finally:
+            for task in tasks:
+                task.cancel()  # only those still running: on a failure, a deadline, Ctrl-C
+        failed = [e for task in done if (e := task.exception()) is not None]
+        if failed:
+            raise BenchError(f"publish: after {confirmed:,} of {n:,}: {failed[0]!r}")
+        if waiting:
+            raise BenchError(f"publish: {confirmed:,} of {n:,} confirmed in {seconds:.0f} s")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.close(), 10)
+    t10, t90 = marks.get(n // 10, started), marks.get((9 * n) // 10, marks[n])
+    return t10 - started, t90 - started, marks[n] - started
+
+
+async def purge(connection: AbstractConnection, queue: str) -> None:
+    """Empty ``queue`` (the bodies a measurement counted), so that the broker carries none on."""
+    async with connection.channel() as channel:
+        declared = await bounded(
+            channel.declare_queue(queue, passive=True), 10, f"passive declare of {queue}"
+        )
+        await bounded(declared.purge(), 60, f"purge of {queue}")
 
 
 async def depth(connection: AbstractConnection, queue: str) -> tuple[int, int]:

@@ -33,9 +33,20 @@ from .database import scratch_database
 from .measure import Context, Run, measure
 from .procs import Children, Sandbox
 from .report import describe, summary, table, write_json
-from .scenarios import DAEMON_LOG_LEVEL, DAEMON_PREFETCH, ORDER, Scenario, plan
+from .scenarios import (
+    DAEMON_LOG_LEVEL,
+    DAEMON_PREFETCH,
+    DEFAULT,
+    ORDER,
+    STATUSES_PREFETCH,
+    Scenario,
+    plan,
+)
+from .statuses import run_statuses
+from .webhooks import run_webhooks
 
 DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
+MEASURES = {"messages": measure, "webhooks": run_webhooks, "statuses": run_statuses}
 
 
 def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.Namespace:
@@ -45,8 +56,9 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
     add("--repeat", type=int, default=1, help="rounds of every scenario; medians are reported")
     add(
         "--scenarios",
-        default=",".join(ORDER),
-        help=f"comma-separated subset of {','.join(ORDER)} (default: all, in that order)",
+        default=",".join(DEFAULT),
+        help=f"comma-separated subset of {','.join(ORDER)}, measured in that order"
+        f" (default: {','.join(DEFAULT)}; the delivery-status ones only when named)",
     )
     add(
         "--prefetch",
@@ -74,6 +86,18 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         default=None,
         help="the daemon's WA_NUMBER_RATE (default 0: the per-number limit off)",
     )
+    add(
+        "--webhook-concurrency",
+        type=int,
+        default=200,
+        help="webhooks: requests in flight, and publishes awaiting confirms in its floor (200)",
+    )
+    add(
+        "--statuses-prefetch",
+        type=int,
+        default=STATUSES_PREFETCH,
+        help=f"statuses: the daemon's WA_STATUSES_PREFETCH (default: its own, {STATUSES_PREFETCH})",
+    )
     add("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
     add("--logs", type=Path, help="keep the daemons' and the sandbox's logs here (default: not)")
     add("--deadline", type=float, default=300.0, help="seconds allowed for each wait (300)")
@@ -88,8 +112,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
     unknown = sorted(set(args.scenarios) - set(ORDER))
     if unknown or not args.scenarios:
         parser.error(f"--scenarios: unknown {unknown}; choose from {','.join(ORDER)}")
-    if args.daemons < 1:
-        parser.error("need --daemons >= 1")
+    if min(args.daemons, args.webhook_concurrency, args.statuses_prefetch) < 1:
+        parser.error("need --daemons, --webhook-concurrency and --statuses-prefetch >= 1")
     if args.messages < 10 or args.repeat < 1 or args.prefetch < 1 or args.latency_prefetch < 1:
         parser.error("need --messages >= 10, --repeat >= 1 and prefetches >= 1")
     if args.latency_ms < 0 or args.deadline <= 0 or args.stall <= 0 or (args.number_rate or 0) < 0:
@@ -105,7 +129,7 @@ async def bench(ctx: Context, scenarios: Sequence[Scenario], results: dict[str, 
             await ctx.sandbox.ready(30)
         for round_no in range(1, ctx.args.repeat + 1):
             for scenario in scenarios:
-                run = await measure(scenario, round_no, ctx)
+                run = await MEASURES[scenario.kind](scenario, round_no, ctx)
                 results.setdefault(scenario.key, []).append(run)
                 print(describe(run, scenario.label), flush=True)
     finally:
@@ -141,7 +165,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def metadata(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> dict[str, Any]:
-    return {
+    meta = {
         "messages": args.messages,
         "repeat": args.repeat,
         "scenarios": [s.key for s in scenarios],
@@ -157,6 +181,12 @@ def metadata(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> dict[st
         "sandbox": "separate process, request log off, no recipient rules, no number limit",
         "broker": BROKER,
     }
+    if any(s.kind == "webhooks" for s in scenarios):
+        meta["webhook_concurrency"] = args.webhook_concurrency
+        meta["webhook_load"] = "load generator, broker and receiver share the machine's cpus"
+    if any(s.kind == "statuses" for s in scenarios):
+        meta["statuses_prefetch"] = args.statuses_prefetch
+    return meta
 
 
 def main(argv: Sequence[str] | None = None, description: str | None = None) -> int:

@@ -82,3 +82,14 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def median_or_none(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def rates(n: int, t10: float, t90: float, seconds: float) -> tuple[float, float]:
+    """(``n`` over ``seconds``, the rate between the 10% and the 90% mark at ``t10``, ``t90``)."""
+    steady = 0.8 * n / (t90 - t10) if t90 > t10 else n / seconds
+    return n / seconds, steady
+
+
+def per_unit(used: dict[str, float | None], units: int) -> dict[str, float | None]:
+    """CPU µs per unit of each process, from its CPU seconds over the measurement."""
+    return {name: None if s is None else round(s * 1e6 / units, 1) for name, s in used.items()}

@@ -60,7 +60,7 @@ class Run:
     seconds: float
     rate: float
     steady_rate: float  # between the 10% and the 90% mark
-    prefill_rate: float
+    prefill_rate: float | None  # None: nothing pre-filled (webhooks)
     cpu: dict[str, float | None]  # cores each process used over the drain (1.0: one core)
     # The daemon's (None for the floor):
     pid: int | None = None
@@ -77,6 +77,12 @@ class Run:
     ledger: dict[str, int] = field(default_factory=dict)  # its records by status, attempts
     # Why the measurement is not clean (then left out of the medians); empty when it is.
     problems: list[str] = field(default_factory=list)
+    # Delivery statuses (webhooks, statuses): what ``rate`` counts, and CPU time per unit.
+    unit: str = "msg"  # msg | webhook | status
+    units: int | None = None  # how many were measured (None: ``messages``)
+    cpu_us: dict[str, float | None] = field(default_factory=dict)  # CPU µs per unit
+    floor: dict[str, Any] = field(default_factory=dict)  # webhooks: the same round's floor
+    detail: dict[str, Any] = field(default_factory=dict)  # answers, queue counts, ...
 
 
 @dataclass

@@ -114,6 +114,7 @@ class CpuMeter:
         self._start: dict[str, float | None] = {}
         self._t0 = 0.0
         self.shares: dict[str, float | None] = dict.fromkeys(readers)
+        self.used: dict[str, float | None] = dict.fromkeys(readers)  # CPU seconds
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
@@ -124,6 +125,7 @@ class CpuMeter:
         for name, read in self._readers.items():
             before, after = self._start.get(name), read()
             ok = before is not None and after is not None and wall > 0
+            self.used[name] = after - before if ok else None  # type: ignore[operator]
             self.shares[name] = (after - before) / wall if ok else None  # type: ignore[operator]
 
 
@@ -234,18 +236,22 @@ class Sandbox:
 
 
 class Daemon:
-    """``python -m wa_consumer run`` with exactly ``env``; its output to ``log``."""
+    """``python -m wa_consumer run`` (or another ``command``, ``webhook``: the receiver) with
+    exactly ``env``; its output to ``log``."""
 
-    def __init__(self, env: dict[str, str], log: Path, children: Children) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, children: Children, command: str = "run"
+    ) -> None:
         self.log = log
-        self.process = children.spawn([sys.executable, "-m", "wa_consumer", "run"], log, env=env)
+        self.name = "daemon" if command == "run" else f"wa-consumer {command}"
+        self.process = children.spawn([sys.executable, "-m", "wa_consumer", command], log, env=env)
         self.pid = self.process.pid
         self.max_rss_kb = 0
 
     def alive(self, what: str) -> None:
         if self.process.poll() is not None:
             code = self.process.returncode
-            raise BenchError(f"{what}: daemon exited with {code}:\n{tail(self.log)}")
+            raise BenchError(f"{what}: {self.name} exited with {code}:\n{tail(self.log)}")
 
     def sample_rss(self) -> int:
         rss = proc_status_kb(self.pid, "VmRSS") or 0
@@ -261,9 +267,11 @@ class Daemon:
         self.process.send_signal(signal.SIGTERM)
         code = await wait_exit(self.process, grace)
         if code is None:
-            raise BenchError(f"{what}: daemon still running {grace:.0f} s after SIGTERM")
+            raise BenchError(f"{what}: {self.name} still running {grace:.0f} s after SIGTERM")
         if code != 0:
-            raise BenchError(f"{what}: daemon exited with {code} after SIGTERM:\n{tail(self.log)}")
+            raise BenchError(
+                f"{what}: {self.name} exited with {code} after SIGTERM:\n{tail(self.log)}"
+            )
         return time.perf_counter() - started
 
     def log_stats(self) -> LogStats:

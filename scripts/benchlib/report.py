@@ -12,7 +12,8 @@ Targets:
   write instead (aio-pika + aiohttp, no features), same latency and prefetch.
 
 Two ratios have no target and are shown for context: that plain consumer at 0 ms against the
-floor (how far the HTTP client alone lets a consumer come), and the daemon against it.
+floor (how far the HTTP client alone lets a consumer come), and the daemon against it. The
+delivery-status scenarios (issue 14) have a block of their own (``report_delivery``).
 
 Ratios are taken between medians; ``per_round`` in the JSON has the same ratio within each
 round, where both sides were measured (the rounds alternate the scenarios, so a round's
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from . import report_delivery
 from .common import median_or_none
 from .measure import Run
 from .scenarios import Scenario
@@ -92,6 +94,8 @@ def summary(
             "max_rss_mb": max(rss, default=None),  # over every run, clean or not
             "runs": [dataclasses.asdict(r) for r in runs],
         }
+        if scenario.kind != "messages":
+            parts[scenario.key].update(report_delivery.part(runs))
 
     latency = next((s for s in scenarios if s.key == "latency"), None)
     values, indicative = _ratios(medians, latency), _ratios(all_medians, latency)
@@ -159,6 +163,7 @@ def summary(
             f"min(0 ms ledger-on {'n/a' if on is None else f'{on:,.0f}'}, prefetch/latency "
             f"{'n/a' if ceiling is None else f'{ceiling:,.0f}'}) = {bound or 0:,.0f} msg/s"
         )
+    targets.update(report_delivery.targets(results, parts))
     for scenario in scenarios:
         rss = parts[scenario.key]["max_rss_mb"]
         if scenario.daemon:
@@ -190,6 +195,8 @@ def _pct(share: float | None) -> str:
 
 def describe(run: Run, label: str) -> str:
     """One line per measurement, printed as it completes."""
+    if run.unit != "msg":
+        return report_delivery.describe(run, label)
     cpu = ", ".join(f"{name} {_pct(share)}" for name, share in run.cpu.items())
     text = (
         f"  #{run.round} {label}: {run.messages:,} in {run.seconds:.2f} s = {run.rate:,.0f} msg/s"
@@ -220,12 +227,16 @@ def table(report: dict[str, Any]) -> str:
         f"{s['cpus']} cpus  load {s['loadavg_at_start'][0]:.2f}  "
         f"daemon log {s['daemon_log']}  WA_NUMBER_RATE={s['number_rate']}"
         + (f"  {s['daemons']} daemons per daemon scenario" if s.get("daemons", 1) > 1 else ""),
-        "",
-        f"{'scenario':<38}{'prefetch':>9}{'msg/s':>9}{'steady':>9}{'max RSS':>9}   runs (msg/s)",
     ]
-    for part in report["scenarios"].values():
-        if not part["runs"]:
-            continue
+    sends = [
+        part
+        for part in report["scenarios"].values()
+        if part["runs"] and part.get("kind", "messages") == "messages"
+    ]
+    if sends:
+        header = f"{'scenario':<38}{'prefetch':>9}{'msg/s':>9}{'steady':>9}{'max RSS':>9}"
+        lines += ["", f"{header}   runs (msg/s)"]
+    for part in sends:
         rss = "-" if part["max_rss_mb"] is None else f"{part['max_rss_mb']:.0f} MB"
         runs = " ".join(f"{r['rate']:,.0f}{'*' if r['problems'] else ''}" for r in part["runs"])
         rate, steady = part["median_msg_s"], part["median_steady_msg_s"]
@@ -234,6 +245,7 @@ def table(report: dict[str, Any]) -> str:
             f"{'n/a' if rate is None else f'{rate:,.0f}':>9}"
             f"{'n/a' if steady is None else f'{steady:,.0f}':>9}{rss:>9}   {runs}"
         )
+    lines += report_delivery.table(report)
     lines += ["", f"{'target':<58}{'issue':>6}{'value':>9}{'target':>11}"]
     for target in report["targets"].values():
         unit = "MB" if target["target"].endswith("MB") else ""

@@ -18,6 +18,18 @@ latency
     The sandbox answering after 100 ms (``--latency-ms``), ledger on, ``WA_PREFETCH=500``
     (``--latency-prefetch``).
 
+Delivery statuses (issue 14), not in the default set (chosen by name in ``--scenarios``):
+
+webhooks
+    ``wa-consumer webhook`` accepting N signed status webhooks from a load generator in a
+    process of its own (``--webhook-concurrency`` requests in flight, 200), each published with
+    a confirm before its 200; against the floor measured just before it in the same round: the
+    same bodies published with confirms from one aio-pika channel, as many in flight.
+statuses
+    ``wa-consumer run`` (ledger on, nothing to send) applying the statuses of N webhook bodies
+    pre-filled into its webhook queue to messages already in the ledger; its own defaults but
+    ``WA_STATUSES_PREFETCH`` (``--statuses-prefetch``, default the daemon's).
+
 The daemon runs with its own defaults except: broker names unique to the measurement, the
 sandbox as Cloud API and tenant service, ``/metrics`` on a free port, the log level of
 ``--log-level`` (default the daemon's own, INFO: one JSON line per message, to a file), and
@@ -32,7 +44,7 @@ import argparse
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import SecretStr
@@ -41,32 +53,44 @@ from wa_consumer.settings import Settings
 
 from .common import free_port
 
-ORDER = ("floor", "zero-off", "zero-on", "plain-zero", "plain", "latency")
+ORDER = ("floor", "zero-off", "zero-on", "plain-zero", "plain", "latency", "webhooks", "statuses")
+DEFAULT = ORDER[:6]  # the delivery-status scenarios only when named
 DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
+STATUSES_PREFETCH = Settings.model_fields["statuses_prefetch"].default
 DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
 NUMBER_RATE = "number_rate"  # the per-number limit's field in Settings (WA_NUMBER_RATE)
+NO_SANDBOX = "http://127.0.0.1:1"  # Cloud API and tenant service of what sends nothing
+
+
+Kind = Literal["messages", "webhooks", "statuses"]
 
 
 @dataclass(frozen=True)
 class Scenario:
     key: str
     label: str
-    daemon: bool
+    daemon: bool  # the daemon sends to the sandbox
     latency_ms: float = 0.0
     ledger: bool = False
-    prefetch: int = DAEMON_PREFETCH
+    prefetch: int = DAEMON_PREFETCH  # webhooks: requests in flight
     http: bool = False  # the bench's own consumer POSTs each message to the sandbox
+    kind: Kind = "messages"  # what ``rate`` counts: messages sent, webhooks, statuses
 
     def describe(self) -> dict[str, Any]:
         process = "daemon" if self.daemon else "bare aio-pika consumer"
         if self.http:
             process = "aio-pika + aiohttp consumer"
+        if self.kind == "webhooks":
+            process = "wa-consumer webhook, load generator in its own process"
+        elif self.kind == "statuses":
+            process = "daemon's status consumer"
         return {
             "label": self.label,
             "process": process,
             "latency_ms": self.latency_ms if self.daemon or self.http else None,
             "ledger": self.ledger,
             "prefetch": self.prefetch,
+            "kind": self.kind,
         }
 
 
@@ -102,6 +126,21 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             ms,
             True,
             args.latency_prefetch,
+        ),
+        "webhooks": Scenario(
+            "webhooks",
+            "webhooks: receiver",
+            False,
+            prefetch=args.webhook_concurrency,
+            kind="webhooks",
+        ),
+        "statuses": Scenario(
+            "statuses",
+            "statuses: daemon, ledger on",
+            False,
+            ledger=True,
+            prefetch=args.statuses_prefetch,
+            kind="statuses",
         ),
     }
     return [every[key] for key in ORDER if key in args.scenarios]
