@@ -65,17 +65,22 @@ async def measure(url: str, messages: int, concurrency: int) -> dict[str, float]
         query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
         own = await admin.fetchval("SELECT pg_backend_pid()")
         pids = [r["pid"] for r in await admin.fetch(query) if r["pid"] != own]
-        sent = Record("sent", 0, wamid="wamid.HBgLMjc4MjEyMzQ1NjcVAgARGBI")
+        # Each its own wamid, as Meta gives them: a result inserts its wamid's delivery row.
+        sent = {
+            m.internal_id: Record("sent", 0, wamid=f"wamid.{m.internal_id}")
+            for b in batches
+            for m in b
+        }
         attempt = Attempt(1, datetime.now(UTC), 3.2, "sent", 200)
         pg0, me0, t0 = sum(map(cpu_seconds, pids)), time.process_time(), time.perf_counter()
         previous: list[Outbound] = []
         for batch in batches:  # the results of one round travel with the claims of the next
             await asyncio.gather(
                 *(ledger.claim(m) for m in batch),
-                *(ledger.finish(m, sent, (attempt,)) for m in previous),
+                *(ledger.finish(m, sent[m.internal_id], (attempt,)) for m in previous),
             )
             previous = batch
-        await asyncio.gather(*(ledger.finish(m, sent, (attempt,)) for m in previous))
+        await asyncio.gather(*(ledger.finish(m, sent[m.internal_id], (attempt,)) for m in previous))
         pg1, me1, t1 = sum(map(cpu_seconds, pids)), time.process_time(), time.perf_counter()
         await ledger.close()  # a backend's statistics are flushed at the latest when it exits
         await asyncio.sleep(0.5)

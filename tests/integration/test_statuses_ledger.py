@@ -261,3 +261,19 @@ async def test_a_read_receipt_accepted_without_a_wamid_leaves_no_delivery_row(
         assert await connection.fetchval("SELECT count(*) FROM wa_deliveries WHERE wamid = ''") == 0
     finally:
         await connection.close()
+
+
+async def test_one_wamid_for_two_results_in_one_statement_fails_nothing(database: str) -> None:
+    """A wamid given twice (a broken proxy, a stub) must not fail the statement, which would be
+    taken for an outage and pause consuming. (Driven below the batcher, which decides by
+    timing what shares a statement.)"""
+    from wa_consumer.ledger.postgres import _Claim, _Finish
+
+    a, b, c, w = message(), message(), message(), wamid()
+    async with ledger_at(database) as ledger:
+        assert {await ledger.claim(a), await ledger.claim(b)} == {Claim.CLAIMED}
+        sent = Record("sent", 0, wamid=w)
+        out = await ledger._statement([_Finish(a, sent, ()), _Finish(b, sent, ()), _Claim(c, 0)])
+        assert out == [None, None, Claim.CLAIMED]
+    assert (await message_row(database, a))["status"] == "sent"
+    assert (await message_row(database, b))["status"] == "sent"

@@ -1,7 +1,8 @@
 """Failures after acceptance, read from ``wa_deliveries`` for ``failures stats|list|show``
 (SPEC §13). Off the hot path: each runs from the CLI on a connection of its own.
 
-A failure is a row with ``status = 'failed'``; every query says so literally, so PostgreSQL
+A failure is a row with a ``failed_at`` (only ``failed`` has one, and it is final); every
+query says so literally, so PostgreSQL
 can use the partial index on ``failed_at`` (``--since`` and ``--older-than`` are ranges on
 it). Failures are selected by the DLQ's own ``Filter`` and grouped by the DLQ's fingerprint,
 so both group causes by one rule (category + code + masked text). The text is Meta's most
@@ -55,7 +56,7 @@ class _Where:
 
     def __init__(self, selection: Filter) -> None:
         self.args: list[Any] = []
-        self._conditions = ["d.status = 'failed'"]  # the partial index's own predicate
+        self._conditions = ["d.failed_at IS NOT NULL"]  # the partial index's own predicate
         if selection.since is not None:
             self._add("d.failed_at >= {}", selection.since)
         if selection.before is not None:
@@ -238,7 +239,7 @@ async def failure_page(
 _DETAIL = f"""
 SELECT {_COLUMNS}, d.status, d.sent_at, d.delivered_at, d.read_at, d.received_at
 {_FROM}
-WHERE d.status = 'failed' AND (d.wamid = $1 OR (d.tenant_id, d.internal_id) IN (
+WHERE d.failed_at IS NOT NULL AND (d.wamid = $1 OR (d.tenant_id, d.internal_id) IN (
     SELECT tenant_id, internal_id FROM wa_messages WHERE internal_id = $1))
 ORDER BY d.tenant_id, d.failed_at, d.wamid
 """  # noqa: S608 - built from this module's constants; the key is a parameter

@@ -34,7 +34,9 @@ WITH s AS (
         x->>14 AS pricing_category, x->>15 AS pricing_model, x->>16 AS conversation_id,
         x->>17 AS conversation_origin, (x->>18)::timestamptz AS conversation_expires_at
     FROM jsonb_array_elements($1::jsonb) AS x
-), old AS (
+), old AS MATERIALIZED (
+    -- Materialised: inlined, PostgreSQL joined it to the batch again for every row (a batch
+    -- of 1,000 took 153 ms instead of 21). The same snapshot either way.
     SELECT d.wamid, d.status, d.delivered_at FROM wa_deliveries d JOIN s USING (wamid)
 ), up AS (
     INSERT INTO wa_deliveries AS d (wamid, status, sent_at, delivered_at, read_at, failed_at,

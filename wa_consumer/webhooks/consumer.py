@@ -132,7 +132,9 @@ class StatusConsumer:
             return []
         batch = [first.result()]
         window = asyncio.get_running_loop().time() + self._settings.statuses_batch_seconds
-        while len(batch) < _MAX_BATCH:
+        # No more can come than the prefetch: a batch that holds it is closed at once.
+        most = min(_MAX_BATCH, self._settings.statuses_prefetch)
+        while len(batch) < most:
             if not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
                 continue
@@ -183,10 +185,12 @@ class StatusConsumer:
                 delay = min(delay * 2, 5.0)
         for row in applied:
             self._observer.applied(row)
-        for body in bodies:
-            if body.webhook.skipped:
-                log.warning("statuses_skipped", count=body.webhook.skipped, reason="unreadable")
-            await _ack(body.message)
+        skipped = sum(b.webhook.skipped for b in bodies)
+        if skipped:
+            log.warning("statuses_skipped", count=skipped, reason="unreadable")
+        # One frame for the batch: every earlier delivery is settled by now (bodies are
+        # handled in delivery order, and those set aside were acked or nacked on the way).
+        await _ack(bodies[-1].message, multiple=True)
 
     async def _forward(self, body: _Body) -> bool:
         """Customers' messages to ``inbound-messages``; False: not confirmed, try again later."""
@@ -246,7 +250,7 @@ class StatusConsumer:
         await _ack(message)
 
 
-async def _ack(message: AbstractIncomingMessage) -> None:
+async def _ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
     # A cut channel takes its acks with it; the body comes back and changes nothing twice.
     with suppress(*_BROKER_ERRORS):
-        await message.ack()
+        await message.ack(multiple=multiple)

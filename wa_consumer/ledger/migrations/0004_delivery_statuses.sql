@@ -29,9 +29,14 @@ CREATE TABLE wa_deliveries (
     updated_at              timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX wa_deliveries_message ON wa_deliveries (tenant_id, internal_id);
--- failures list|stats and report costs read recent rows of one kind.
-CREATE INDEX wa_deliveries_failed ON wa_deliveries (failed_at) WHERE status = 'failed';
-CREATE INDEX wa_deliveries_received ON wa_deliveries (received_at);
+-- failures list|stats and report costs read recent rows of one kind. Only failed rows have
+-- a failed_at, and no index names status: a status that moves on is then written in place
+-- (a HOT update, with the room fillfactor leaves), as results are in wa_messages (0002).
+CREATE INDEX wa_deliveries_failed ON wa_deliveries (failed_at) WHERE failed_at IS NOT NULL;
+-- received_at only grows with the table: a BRIN index (one summary per block range) serves
+-- the time ranges of report costs and prune for a fraction of a b-tree's upkeep on each send.
+CREATE INDEX wa_deliveries_received ON wa_deliveries USING brin (received_at);
+ALTER TABLE wa_deliveries SET (fillfactor = 50);
 
 -- A producer's own biz_opaque_callback_data (the daemon sets the internalId where there is
 -- none, and keeps no copy of that): how a status ties to its message without a wamid.
