@@ -173,8 +173,10 @@ class Daemon:
             self._channel = consume_channel
             consume_channel.reopen_callbacks.add(self._consume_again)
             queue_probe = self._observe(connection, pipeline)
-            await self._consume()
+            # Before consuming: like every step of start-up, a failure here ends start-up;
+            # once started, its robust channels come back after a broker cut by themselves.
             await self._consume_statuses(connection, ledger)
+            await self._consume()
             probe = asyncio.create_task(self._sample(queue_probe), name="queue-probe")
 
             await self._stop.wait()

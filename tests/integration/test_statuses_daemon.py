@@ -230,3 +230,42 @@ async def test_an_ambiguous_send_is_reconciled_by_its_status_and_not_sent_again(
         database, "SELECT status, wamid FROM wa_messages WHERE internal_id = $1", internal_id
     )
     assert row["status"] == "sent" and row["wamid"] is not None
+
+
+async def test_statuses_applied_through_broker_cuts_are_applied_once(
+    vhost, sandbox, database
+) -> None:
+    """Bodies whose acks a cut took come back: applied again, they change nothing twice."""
+    proxy = TcpProxy.before(vhost, "rabbitmq")
+    await proxy.start()
+    settings = make_settings(
+        proxy.route(vhost), sandbox.url, database_url=database, statuses_prefetch=50
+    )
+    direct = settings.model_copy(update={"amqp_url": vhost})
+    wamids = [f"wamid.{uuid.uuid4().hex}" for _ in range(4000)]
+    try:
+        async with running(settings) as daemon, broker_for(direct) as broker:
+            posting = asyncio.create_task(
+                post(direct, *(webhook(status(w, "delivered")) for w in wamids))
+            )
+            cuts_while_posting = 0
+            for _ in range(3):  # each takes the daemon's connection, once it is back
+                await asyncio.sleep(0.2)
+                linked = proxy.accepted
+                assert proxy.cut() >= 1
+                cuts_while_posting += not posting.done()
+                await wait_for(lambda n=linked: _true(proxy.accepted > n))
+            await posting
+            assert cuts_while_posting >= 1  # statuses were being applied when it cut
+
+            async def all_there() -> bool:
+                rows = await query(
+                    database, "SELECT count(*) FROM wa_deliveries WHERE wamid = ANY($1)", wamids
+                )
+                return bool(rows[0][0] == len(wamids))
+
+            await wait_for(all_there, timeout=60)
+            await wait_for(lambda: _zero(broker.count(settings.webhook_queue)), timeout=30)
+            assert sample(daemon, "wa_statuses_total", status="delivered") == len(wamids)
+    finally:
+        await proxy.close()

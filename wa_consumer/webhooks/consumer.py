@@ -116,8 +116,17 @@ class StatusConsumer:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             batch = await self._next_batch()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._handle(batch)
+            except Exception:  # a bug: said so; the bodies go back and the consumer goes on
+                log.exception("statuses_batch_failed", bodies=len(batch))
+                for message in batch:  # those already settled say so, and are left alone
+                    with suppress(*_BROKER_ERRORS, aio_pika.exceptions.MessageProcessError):
+                        await message.nack(requeue=True)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
 
     async def _next_batch(self) -> list[AbstractIncomingMessage]:
         """What came within the batch window after the first body, up to the batch size."""
