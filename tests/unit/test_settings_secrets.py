@@ -162,3 +162,29 @@ def test_bad_overrides_show_no_secret_either(overrides: dict[str, object]) -> No
         load_settings(**overrides)
     assert_nothing_chained(caught.value)
     assert "12345678901" not in str(caught.value)
+
+
+def test_webhook_secrets_never_show_and_every_app_secret_counts() -> None:
+    settings = Settings(
+        webhook_app_secret="app-secret-1",
+        webhook_app_secrets=["app-secret-2"],
+        webhook_verify_token="verify-token-3",
+    )
+    shown = f"{settings!r} {settings}"
+    for secret in ("app-secret-1", "app-secret-2", "verify-token-3"):
+        assert secret not in shown
+    assert settings.webhook_secrets == (b"app-secret-1", b"app-secret-2")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("WA_WEBHOOK_APP_SECRETS", '["s3cr3t-app", ""]'), ("WA_WEBHOOK_APP_SECRETS", "s3cr3t-app")],
+)
+def test_a_bad_webhook_secret_is_named_not_shown(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(name)
+    assert "s3cr3t-app" not in str(caught.value)
