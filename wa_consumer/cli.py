@@ -7,7 +7,7 @@ import sys
 import uuid
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
@@ -73,8 +73,13 @@ def run() -> None:
         daemon.install_signal_handlers()
         return await daemon.run()
 
+    serve(main())
+
+
+def serve(main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a server command to its end: its exit code, or one line on what stopped it."""
     try:
-        code = run_async(main())
+        code = run_async(main)
     except TopologyMismatch as exc:
         raise fail(str(exc), 3) from None
     except WaConsumerError as exc:
@@ -99,13 +104,7 @@ def webhook() -> None:
         receiver.install_signal_handlers()
         return await receiver.run()
 
-    try:
-        code = run_async(main())
-    except TopologyMismatch as exc:
-        raise fail(str(exc), 3) from None
-    except WaConsumerError as exc:
-        raise fail(str(exc), 1) from None
-    raise typer.Exit(code)
+    serve(main())
 
 
 @topology_app.command("declare")

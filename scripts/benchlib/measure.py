@@ -244,6 +244,23 @@ async def settle(
     return sent, stats
 
 
+async def consumer_on(
+    admin: AbstractConnection, queue: str, n: int, daemon: Daemons, what: str, ctx: Context
+) -> None:
+    """Wait until the daemon consumes ``queue``: its consumer registered is its first message
+    taken, as the broker pushes a prefetch's worth at once."""
+    deadline = Deadline(ctx.args.deadline, f"{what}: daemon start")
+    while True:
+        daemon.alive(what)
+        ready, consumers = await depth(admin, queue)
+        if consumers or ready < n:
+            return
+        daemon.sample_rss()
+        if deadline.passed:
+            raise deadline.missed(f"no consumer yet, {ready:,} ready\n{tail(daemon.log)}")
+        await asyncio.sleep(POLL_START)
+
+
 async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     n = ctx.args.messages
     what = f"{scenario.key} round {round_no}"
@@ -280,18 +297,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
             }
         )
 
-        # Its consumer on the queue is its first consumed message: the broker pushes a
-        # prefetch's worth as soon as it registers.
-        deadline = Deadline(ctx.args.deadline, f"{what}: daemon start")
-        while True:
-            daemon.alive(what)
-            ready, consumers = await depth(admin, settings.queue)
-            if consumers or ready < n:
-                break
-            daemon.sample_rss()
-            if deadline.passed:
-                raise deadline.missed(f"no consumer yet, {ready:,} ready\n{tail(daemon.log)}")
-            await asyncio.sleep(POLL_START)
+        await consumer_on(admin, settings.queue, n, daemon, what, ctx)
         started = time.perf_counter()
         meter.start()
         rss_start = daemon.sample_rss()

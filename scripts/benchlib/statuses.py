@@ -43,9 +43,8 @@ from .common import (
     free_port,
     per_unit,
     rates,
-    tail,
 )
-from .measure import POLL_DRAIN, POLL_START, Context, Run
+from .measure import POLL_DRAIN, Context, Run, consumer_on
 from .procs import CpuMeter, Daemons, GroupCpu, broker_pid, machine_cpu_seconds, pid_cpu
 from .scenarios import NO_SANDBOX, NUMBER_RATE, Scenario, daemon_env, make_settings, overrides
 
@@ -134,16 +133,7 @@ async def run_statuses(scenario: Scenario, round_no: int, ctx: Context) -> Run:
                 "machine": machine_cpu_seconds,
             }
         )
-        deadline = Deadline(ctx.args.deadline, f"{what}: daemon start")
-        while True:  # its status consumer on the queue: the broker pushes a prefetch at once
-            daemon.alive(what)
-            ready, consumers = await depth(admin, settings.webhook_queue)
-            if consumers or ready < n:
-                break
-            daemon.sample_rss()
-            if deadline.passed:
-                raise deadline.missed(f"no consumer yet, {ready:,} ready\n{tail(daemon.log)}")
-            await asyncio.sleep(POLL_START)
+        await consumer_on(admin, settings.webhook_queue, n, daemon, what, ctx)
         started = time.perf_counter()
         meter.start()
         rss_start = daemon.sample_rss()
