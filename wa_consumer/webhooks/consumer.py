@@ -130,31 +130,37 @@ class StatusConsumer:
 
     async def _next_batch(self) -> list[AbstractIncomingMessage]:
         """What came within the batch window after the first body, up to the batch size."""
-        stop = asyncio.ensure_future(self._stopping.wait())
-        first = asyncio.ensure_future(self._inbox.get())
-        try:
-            await asyncio.wait([stop, first], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not first.done():
-            first.cancel()
+        first = await self._take(None)
+        if first is None:
             return []
-        batch = [first.result()]
-        window = asyncio.get_running_loop().time() + self._settings.statuses_batch_seconds
+        batch = [first]
+        loop = asyncio.get_running_loop()
+        window = loop.time() + self._settings.statuses_batch_seconds
         # No more can come than the prefetch: a batch that holds it is closed at once.
         most = min(_MAX_BATCH, self._settings.statuses_prefetch)
         while len(batch) < most:
             if not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
                 continue
-            left = window - asyncio.get_running_loop().time()
-            if left <= 0:
+            left = window - loop.time()
+            taken = await self._take(left) if left > 0 else None
+            if taken is None:
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._inbox.get(), left))
-            except TimeoutError:
-                break
+            batch.append(taken)
         return batch
+
+    async def _take(self, within: float | None) -> AbstractIncomingMessage | None:
+        """The next body, or None after ``within`` seconds or when stopping. Never drops one that
+        arrived as the wait ended (``wait_for`` on a queue's ``get`` can, before 3.12)."""
+        getter = asyncio.ensure_future(self._inbox.get())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([getter, stop], timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            getter.cancel()
+            await asyncio.wait([getter])
+        return None if getter.cancelled() else getter.result()
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
         bodies: list[_Body] = []
