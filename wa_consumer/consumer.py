@@ -356,7 +356,6 @@ async def _open_ledger(settings: Settings) -> Ledger | None:
         lease_seconds=settings.claim_lease_seconds,
         heartbeat_seconds=settings.ledger_heartbeat_seconds,
         max_deliveries=settings.max_deliveries,
-        keep_deliveries=settings.statuses_enabled,
     )
 
 

@@ -147,7 +147,7 @@ def with_callback(waba: dict[str, Any], internal_id: str) -> dict[str, Any]:
     producer set none. Meta echoes it in every status webhook of the message, so a status ties
     to its message even when the send's answer (its wamid) was lost (SPEC §13). Not for read
     receipts and typing indicators, which have no statuses."""
-    if CALLBACK_KEY in waba or message_type(waba) == STATUS:
+    if waba.get(CALLBACK_KEY) is not None or message_type(waba) == STATUS:
         return waba
     return {**waba, CALLBACK_KEY: internal_id}
 

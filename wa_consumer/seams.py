@@ -17,7 +17,7 @@ from .message import Outbound
 from .outcomes import Failure, Outcome
 
 if TYPE_CHECKING:
-    from .ledger.statuses import Applied
+    from .ledger.statuses import Applied, Tied
     from .webhooks.payload import StatusUpdate
 
 
@@ -105,8 +105,13 @@ class Ledger(Protocol):
 
 
 class StatusStore(Protocol):
-    async def apply(self, updates: Sequence[StatusUpdate]) -> list[Applied]:
-        """Apply statuses (one per wamid); returns each wamid's row before and after."""
+    async def apply(self, updates: Sequence[StatusUpdate]) -> tuple[list[Applied], list[Tied]]:
+        """Apply statuses (one per wamid): each wamid's row before and after, and the
+        statuses tied to their message by callback data."""
+        ...
+
+    async def retie(self) -> list[Tied]:
+        """Try again to tie recent statuses no send has claimed."""
         ...
 
 

@@ -136,7 +136,8 @@ class Settings(BaseSettings):
     webhook_verify_token: SecretStr | None = None  # Meta's subscription check
     webhook_app_secret: SecretStr | None = None  # signs X-Hub-Signature-256
     webhook_app_secrets: list[SecretStr] = Field(default_factory=list)  # several Meta apps
-    webhook_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # Meta's are KiB
+    webhook_max_concurrent: int = Field(default=1000, ge=1)  # requests read at once; more: 503
     webhook_publish_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_exchange: str = "whatsapp-webhooks"
     webhook_queue: str = "inbound-webhooks"

@@ -195,7 +195,7 @@ async def test_the_hot_statements_look_rows_up_by_key_even_when_planned_on_an_em
     """
     from wa_consumer.ledger.postgres import _WRITE, PostgresLedger
 
-    types = "jsonb,jsonb,jsonb,text,float8,bool"
+    types = "jsonb,jsonb,jsonb,text,float8"
     ledger = await PostgresLedger.connect(database)
     try:
         async with ledger._pool.acquire() as connection:

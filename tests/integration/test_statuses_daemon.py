@@ -269,3 +269,24 @@ async def test_statuses_applied_through_broker_cuts_are_applied_once(
             assert sample(daemon, "wa_statuses_total", status="delivered") == len(wamids)
     finally:
         await proxy.close()
+
+
+async def test_customers_messages_wait_while_their_queue_is_gone_then_are_forwarded(
+    vhost, sandbox, database
+) -> None:
+    settings = make_settings(vhost, sandbox.url, database_url=database)
+    incoming = [{"from": "2782", "id": "wamid.IN3", "type": "text", "text": {"body": "hi"}}]
+    async with running(settings) as daemon, broker_for(settings) as broker:
+        channel = await broker.connection.channel()
+        await channel.queue_delete(settings.inbound_messages_queue)  # returned, unroutable
+        await post(settings, webhook(messages=incoming))
+        await asyncio.sleep(1.5)  # a window in which a dropped or spun body would show
+        assert sample(daemon, "wa_inbound_messages_total", outcome="forwarded") == 0
+        queue = await channel.declare_queue(settings.inbound_messages_queue, durable=True)
+        await queue.bind(settings.webhook_exchange, f"{settings.inbound_routing_key}.#")
+        await wait_for(lambda: _ge(broker.count(settings.inbound_messages_queue), 1), timeout=15)
+        [forwarded] = await broker.drain(settings.inbound_messages_queue)
+        await channel.close()
+    assert orjson.loads(forwarded.body)["messages"] == incoming
+    assert forwarded.message_id == "wamid.IN3"
+    assert (forwarded.headers or {})["x-phone-number-id"] == "106540352242922"

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from wa_consumer.ledger.postgres import PostgresLedger
-from wa_consumer.ledger.statuses import Applied
+from wa_consumer.ledger.statuses import Applied, Tied
 from wa_consumer.message import Outbound, parse
 from wa_consumer.seams import Attempt, Claim, Record
 from wa_consumer.webhooks.payload import merge, read
@@ -61,7 +61,23 @@ async def ledger_at(database: str) -> AsyncIterator[PostgresLedger]:
 
 
 async def apply(ledger: PostgresLedger, *statuses: dict[str, Any], **kw: Any) -> list[Applied]:
+    return (await apply_and_tie(ledger, *statuses, **kw))[0]
+
+
+async def apply_and_tie(
+    ledger: PostgresLedger, *statuses: dict[str, Any], **kw: Any
+) -> tuple[list[Applied], list[Tied]]:
     return await ledger.statuses().apply(merge(read(body(*statuses, **kw)).statuses))
+
+
+#: A timeout after the request left: the only kind of attempt a callback may tie a status to.
+AMBIGUOUS = Attempt(1, datetime.now(UTC), 2000.0, "retry", category="transient",
+                    code="timeout", message="no answer", ambiguous=True)  # fmt: skip
+
+
+async def ambiguous(ledger: PostgresLedger, m: Outbound, status: str = "retry_scheduled") -> None:
+    assert await ledger.claim(m) is Claim.CLAIMED
+    await ledger.finish(m, Record(status, 1, code="timeout"), [AMBIGUOUS])
 
 
 async def sent(ledger: PostgresLedger, m: Outbound, wamid: str) -> None:
@@ -185,18 +201,12 @@ async def test_a_status_before_the_sends_result_waits_and_is_tied_when_it_lands(
 
 async def test_an_ambiguous_send_becomes_sent_when_its_status_arrives(database: str) -> None:
     m, w = message(), wamid()
-    attempt = Attempt(1, datetime.now(UTC), 2000.0, "retry", category="transient",
-                      code="timeout", message="no answer", ambiguous=True)  # fmt: skip
     async with ledger_at(database) as ledger:
-        assert await ledger.claim(m) is Claim.CLAIMED
-        await ledger.finish(m, Record("retry_scheduled", 1, code="timeout"), [attempt])
+        await ambiguous(ledger, m)
         # Meta did accept it: its status carries the callback data the daemon set.
-        [a] = await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=m.internal_id))
-        assert (a.tenant_id, a.internal_id, a.reconciled_from) == (
-            m.tenant_id,
-            m.internal_id,
-            "retry_scheduled",
-        )
+        callback = {"biz_opaque_callback_data": m.internal_id}
+        _, [tie] = await apply_and_tie(ledger, status(w, "sent", T0, **callback))
+        assert tie == Tied(w, m.tenant_id, m.internal_id, "retry_scheduled", True, False)
         # The retry waiting in its queue is now a duplicate; a replay is refused the same way.
         assert await ledger.claim(m) is Claim.ALREADY_SENT
         assert await ledger.claim(m, replays=1) is Claim.ALREADY_SENT
@@ -207,8 +217,7 @@ async def test_an_ambiguous_send_becomes_sent_when_its_status_arrives(database: 
 async def test_a_dead_message_whose_status_shows_it_sent_is_never_replayed(database: str) -> None:
     m, w = message(), wamid()
     async with ledger_at(database) as ledger:
-        assert await ledger.claim(m) is Claim.CLAIMED
-        await ledger.finish(m, Record("dead", 2, code="timeout", category="retries_exhausted"), [])
+        await ambiguous(ledger, m, "dead")
         await apply(ledger, status(w, "delivered", T0, biz_opaque_callback_data=m.internal_id))
         assert await ledger.claim(m, replays=1) is Claim.ALREADY_SENT
 
@@ -217,10 +226,52 @@ async def test_a_producers_own_callback_data_ties_its_status(database: str) -> N
     mine = f"order-{uuid.uuid4().hex}"
     m, w = message(biz_opaque_callback_data=mine), wamid()
     async with ledger_at(database) as ledger:
+        await ambiguous(ledger, m)
+        _, [tie] = await apply_and_tie(ledger, status(w, "sent", T0, biz_opaque_callback_data=mine))
+    assert (tie.tenant_id, tie.internal_id, tie.reconciled) == (m.tenant_id, m.internal_id, True)
+
+
+async def test_a_callback_matching_a_message_that_was_never_ambiguous_ties_nothing(
+    database: str,
+) -> None:
+    """Another app on the account may use callback values equal to our ids: only a message
+    whose answer was lost can have a wamid we do not know."""
+    m, w = message(), wamid()
+    async with ledger_at(database) as ledger:
         assert await ledger.claim(m) is Claim.CLAIMED
-        await ledger.finish(m, Record("retry_scheduled", 1), [])
-        [a] = await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=mine))
-    assert (a.tenant_id, a.internal_id) == (m.tenant_id, m.internal_id)
+        await ledger.finish(m, Record("retry_scheduled", 1, code="500"), [])  # a clear 500
+        applied, ties = await apply_and_tie(
+            ledger, status(w, "sent", T0, biz_opaque_callback_data=m.internal_id)
+        )
+    assert ties == [] and applied[0].tenant_id is None
+    assert (await message_row(database, m))["status"] == "retry_scheduled"
+
+
+async def test_an_ambiguous_attempt_accepted_besides_its_retry_is_said_sent_twice(
+    database: str,
+) -> None:
+    m, first, second = message(), wamid(), wamid()
+    async with ledger_at(database) as ledger:
+        await ambiguous(ledger, m)
+        assert await ledger.claim(m) is Claim.CLAIMED  # the retry, answered this time
+        await ledger.finish(m, Record("sent", 1, wamid=second), [])
+        _, [tie] = await apply_and_tie(
+            ledger, status(first, "delivered", T0, biz_opaque_callback_data=m.internal_id)
+        )
+    assert (tie.reconciled, tie.sent_twice) == (False, True)
+    assert (await message_row(database, m))["wamid"] == second
+
+
+async def test_a_status_tied_later_once_its_attempt_is_recorded_ambiguous(database: str) -> None:
+    """Its `sent` came while the send still waited for its answer (then timed out)."""
+    m, w = message(), wamid()
+    async with ledger_at(database) as ledger:
+        assert await ledger.claim(m) is Claim.CLAIMED
+        await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=m.internal_id))
+        await ledger.finish(m, Record("retry_scheduled", 1, code="timeout"), [AMBIGUOUS])
+        [tie] = await ledger.statuses().retie()
+        assert (tie.wamid, tie.reconciled) == (w, True)
+        assert await ledger.claim(m) is Claim.ALREADY_SENT
 
 
 async def test_a_callback_two_tenants_share_ties_to_neither(database: str) -> None:
@@ -228,8 +279,7 @@ async def test_a_callback_two_tenants_share_ties_to_neither(database: str) -> No
     a, b, w = message("acme", shared), message("globex", shared), wamid()
     async with ledger_at(database) as ledger:
         for m in (a, b):
-            assert await ledger.claim(m) is Claim.CLAIMED
-            await ledger.finish(m, Record("retry_scheduled", 1), [])
+            await ambiguous(ledger, m)
         [applied] = await apply(ledger, status(w, "sent", T0, biz_opaque_callback_data=shared))
     assert applied.tenant_id is None  # kept until a send records this wamid
     assert (await message_row(database, a))["status"] == "retry_scheduled"

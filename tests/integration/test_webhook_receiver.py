@@ -338,3 +338,29 @@ async def test_burst_of_2000_signed_posts_are_all_queued(vhost) -> None:
         assert statuses == [200] * len(bodies)
         assert await r.broker.count(r.settings.webhook_queue) == len(bodies)
         assert sorted(await r.queued()) == sorted(bodies)
+
+
+async def test_past_the_concurrency_limit_a_request_is_503_before_its_body_is_read(
+    vhost,
+) -> None:
+    async with receiving(webhook_settings(vhost, webhook_max_concurrent=1)) as r:
+        release = asyncio.Event()
+
+        async def slow() -> AsyncIterator[bytes]:  # holds the one slot until released
+            yield b'{"object": '
+            await release.wait()
+            yield b'"x"}'
+
+        body = b'{"object": "x"}'
+        headers = {HEADER: sign(body, SECRET.encode())}
+        held = asyncio.create_task(r.http.post(r.url, data=slow(), headers=headers))
+        await wait_for(lambda: _true(r.receiver._in_flight == 1))
+        assert await r.post(status_body("busy")) == 503
+        release.set()
+        async with await held as response:
+            assert response.status == 200  # the held one was signed for what it sent
+        assert await r.post(status_body("after")) == 200
+
+
+async def _true(value: bool) -> bool:
+    return value

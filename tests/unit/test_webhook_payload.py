@@ -198,3 +198,13 @@ def test_merge_does_not_depend_on_order(names: list[str]) -> None:
     expected = "failed" if "failed" in names else max(names, key=STEPS.index)
     assert forward[0].status == expected
     assert furthest(expected, "sent") == expected
+
+
+def test_values_of_other_fields_are_counted_and_messages_carry_their_ids() -> None:
+    other = {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}}
+    body = orjson.loads(webhook(messages=[{"id": "wamid.IN", "type": "text"}]))
+    body["entry"][0]["changes"].append(other)
+    found = read(orjson.dumps(body))
+    assert found.ignored == 1
+    [inbound] = found.inbound
+    assert (inbound.waba_id, inbound.first_id) == ("4195", "wamid.IN")

@@ -71,11 +71,14 @@ WITH attempts AS (
     INSERT INTO wa_deliveries AS d (wamid, tenant_id, internal_id, status, accepted_at)
     -- One row per wamid: ON CONFLICT cannot touch a row twice in one statement, and a
     -- wamid the API gave twice (a broken proxy, a stub) must not fail the batch.
-    SELECT DISTINCT ON (f->>3) f->>3, f->>0, f->>1, 'accepted', now()
+    -- In byte order, as the status statement locks them (payload.merge): no deadlock.
+    SELECT DISTINCT ON ((f->>3) COLLATE "C") f->>3, f->>0, f->>1, 'accepted', now()
     FROM jsonb_array_elements($1::jsonb) AS f
-    WHERE $6 AND f->>2 = 'sent' AND f->>3 <> ''  -- a read receipt is accepted with no wamid
+    WHERE f->>2 = 'sent' AND f->>3 <> ''  -- a read receipt is accepted with no wamid
+    ORDER BY (f->>3) COLLATE "C"
     ON CONFLICT (wamid) DO UPDATE SET
-        tenant_id = EXCLUDED.tenant_id, internal_id = EXCLUDED.internal_id,
+        tenant_id = COALESCE(d.tenant_id, EXCLUDED.tenant_id),
+        internal_id = COALESCE(d.internal_id, EXCLUDED.internal_id),
         accepted_at = COALESCE(d.accepted_at, EXCLUDED.accepted_at), updated_at = now()
     WHERE d.tenant_id IS NULL OR d.accepted_at IS NULL
 )
@@ -210,12 +213,8 @@ class PostgresLedger:
         finish_timeout: float = 5.0,
         heartbeat_seconds: float = 2.0,
         url: str | None = None,
-        keep_deliveries: bool = True,
     ) -> None:
         self._pool = pool
-        # A sent result also starts its wamid's row of statuses (SPEC §13): about 20 us of
-        # PostgreSQL's CPU per message, spared where no statuses are applied.
-        self._keep_deliveries = keep_deliveries
         self._lease = lease_seconds
         self._max_deliveries = max_deliveries
         self._finish_timeout = finish_timeout
@@ -441,7 +440,6 @@ class PostgresLedger:
             _json(claimed),
             self.consumer,
             self._lease,
-            self._keep_deliveries,
         )
         self._healthy = True
         if unique:

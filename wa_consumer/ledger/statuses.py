@@ -21,7 +21,7 @@ import orjson
 
 from ..webhooks.payload import StatusUpdate
 
-__all__ = ["Applied", "PostgresStatuses"]
+__all__ = ["CHUNK", "Applied", "PostgresStatuses", "Tied"]
 
 # The order of ``payload.ORDER``; failed (final) is decided before it is consulted.
 _APPLY = """
@@ -43,7 +43,7 @@ WITH s AS (
         recipient, phone_number_id, callback, error_code, error_category, error_title,
         error_message, pricing_billable, pricing_category, pricing_model, conversation_id,
         conversation_origin, conversation_expires_at)
-    SELECT * FROM s
+    SELECT * FROM s ORDER BY wamid COLLATE "C"  -- the order the send's results lock them
     ON CONFLICT (wamid) DO UPDATE SET
         status = CASE
             WHEN d.status = 'failed' OR EXCLUDED.status = 'failed' THEN 'failed'
@@ -78,9 +78,11 @@ FROM up LEFT JOIN old USING (wamid)
 """
 
 # A status no send recorded (its answer lost: a timeout after the request left) is tied to
-# its message by the callback data: the internalId, or the producer's own value. Only where
-# exactly one message matches (two tenants may share an internalId; the number tells them
-# apart when both are known). The message is then sent: never sent again, never replayed.
+# its message by the callback data: the internalId, or the producer's own value. Only a
+# message with an ambiguous attempt can be tied so (no other send of ours can have a wamid we
+# do not know), and only where exactly one matches (two tenants may share an internalId; the
+# number tells them apart when both are known). A message not yet sent is then sent: never
+# sent again, never replayed. One already sent under another wamid was sent twice: said so.
 _TIE = """
 WITH pending AS (
     SELECT x->>0 AS wamid, x->>1 AS callback, x->>2 AS phone
@@ -92,17 +94,19 @@ WITH pending AS (
     SELECT p.wamid, m.tenant_id, m.internal_id, m.phone_number_id, p.phone
     FROM pending p JOIN wa_messages m ON m.callback = p.callback
 ), found AS (
-    SELECT wamid, min(tenant_id) AS tenant_id, min(internal_id) AS internal_id
-    FROM candidates
-    WHERE phone_number_id IS NULL OR phone IS NULL OR phone_number_id = phone
-    GROUP BY wamid HAVING count(*) = 1
+    SELECT c.wamid, min(c.tenant_id) AS tenant_id, min(c.internal_id) AS internal_id
+    FROM candidates c
+    WHERE (c.phone_number_id IS NULL OR c.phone IS NULL OR c.phone_number_id = c.phone)
+      AND EXISTS (SELECT 1 FROM wa_attempts a WHERE a.tenant_id = c.tenant_id
+                  AND a.internal_id = c.internal_id AND a.ambiguous)
+    GROUP BY c.wamid HAVING count(*) = 1
 ), tied AS (
     UPDATE wa_deliveries d SET tenant_id = f.tenant_id, internal_id = f.internal_id,
         updated_at = now()
     FROM found f WHERE d.wamid = f.wamid AND d.tenant_id IS NULL
     RETURNING d.wamid, d.tenant_id, d.internal_id
 ), was AS (
-    SELECT m.tenant_id, m.internal_id, m.status
+    SELECT m.tenant_id, m.internal_id, m.status, m.wamid
     FROM wa_messages m JOIN tied t USING (tenant_id, internal_id)
 ), sent AS (
     UPDATE wa_messages m SET status = 'sent', wamid = COALESCE(m.wamid, t.wamid),
@@ -111,11 +115,40 @@ WITH pending AS (
     WHERE m.tenant_id = t.tenant_id AND m.internal_id = t.internal_id AND m.status <> 'sent'
     RETURNING m.tenant_id, m.internal_id
 )
-SELECT t.wamid, t.tenant_id, t.internal_id, w.status AS was
+SELECT t.wamid, t.tenant_id, t.internal_id, w.status AS was,
+    s.internal_id IS NOT NULL AS reconciled,
+    w.status = 'sent' AND w.wamid IS DISTINCT FROM t.wamid AS sent_twice
 FROM tied t JOIN was w USING (tenant_id, internal_id)
+    LEFT JOIN sent s USING (tenant_id, internal_id)
 """
 
+# Untied statuses of the last hour, tried again: the ambiguous attempt that lets one be tied
+# is often recorded after its first status arrived (the answer timed out meanwhile).
+_UNTIED = """
+SELECT wamid, callback, phone_number_id FROM wa_deliveries
+WHERE tenant_id IS NULL AND callback IS NOT NULL AND received_at > now() - interval '1 hour'
+LIMIT 1000
+"""
+
+#: Statuses per statement: a batch of large bodies is applied in parts (each idempotent).
+CHUNK = 5000
+
 _CONFLICT = asyncpg.TransactionRollbackError
+
+
+@dataclass(frozen=True, slots=True)
+class Tied:
+    """A status tied to its message by its callback data (no send recorded its wamid)."""
+
+    wamid: str
+    tenant_id: str
+    internal_id: str
+    was: str
+    """The message's status before: ``waiting``, ``dead``... (``sent``: see ``sent_twice``)."""
+    reconciled: bool
+    """The message is now ``sent``: its waiting retry is a duplicate, a replay refused."""
+    sent_twice: bool
+    """It was already sent under another wamid: the customer got it twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +166,6 @@ class Applied:
     error_code: str | None
     error_category: str | None
     error_message: str | None
-    reconciled_from: str | None = None
-    """The message's status before this status tied it (``claimed``, ``waiting``, ``dead``...)."""
 
     @property
     def changed(self) -> bool:
@@ -142,32 +173,43 @@ class Applied:
 
 
 class PostgresStatuses:
-    """Applies merged status updates in one statement (and one more to tie unknown ones)."""
+    """Applies merged status updates, a statement per ``CHUNK``; ties what it can."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def apply(self, updates: Sequence[StatusUpdate]) -> list[Applied]:
+    async def apply(self, updates: Sequence[StatusUpdate]) -> tuple[list[Applied], list[Tied]]:
         """``updates``: one per wamid, sorted by wamid (``payload.merge``)."""
-        if not updates:
+        applied: list[Applied] = []
+        untied: list[tuple[str, str, str | None]] = []
+        for start in range(0, len(updates), CHUNK):
+            rows = _json([u.row() for u in updates[start : start + CHUNK]])
+            try:
+                records = await self._pool.fetch(_APPLY, rows)
+            except _CONFLICT:  # two daemons' batches crossed: once more, then it is an error
+                await asyncio.sleep(0.05)
+                records = await self._pool.fetch(_APPLY, rows)
+            applied += map(_applied, records)
+            untied += [
+                (r["wamid"], r["callback"], r["phone_number_id"])
+                for r in records
+                if r["tenant_id"] is None and r["callback"] is not None
+            ]
+        return applied, await self._tie(untied)
+
+    async def retie(self) -> list[Tied]:
+        """Untied statuses of the last hour, tied where their message can be by now."""
+        rows = await self._pool.fetch(_UNTIED)
+        return await self._tie([(r["wamid"], r["callback"], r["phone_number_id"]) for r in rows])
+
+    async def _tie(self, untied: list[tuple[str, str, str | None]]) -> list[Tied]:
+        if not untied:
             return []
-        rows = _json([u.row() for u in updates])
-        try:
-            records = await self._pool.fetch(_APPLY, rows)
-        except _CONFLICT:  # two daemons' batches crossed: once more, then it is an error
-            await asyncio.sleep(0.05)
-            records = await self._pool.fetch(_APPLY, rows)
-        applied = {r["wamid"]: _applied(r) for r in records}
-        untied = [
-            (a.wamid, r["callback"], r["phone_number_id"])
-            for a, r in ((applied[r["wamid"]], r) for r in records)
-            if a.tenant_id is None and r["callback"] is not None
-        ]
-        if untied:
-            for tie in await self._pool.fetch(_TIE, _json(untied)):
-                known = applied[tie["wamid"]]
-                applied[tie["wamid"]] = _retied(known, tie)
-        return list(applied.values())
+        return [
+            Tied(r["wamid"], r["tenant_id"], r["internal_id"], r["was"], r["reconciled"],
+                 r["sent_twice"])
+            for r in await self._pool.fetch(_TIE, _json(untied))
+        ]  # fmt: skip
 
 
 def _applied(r: asyncpg.Record) -> Applied:
@@ -176,14 +218,6 @@ def _applied(r: asyncpg.Record) -> Applied:
         r["delivered_at"], r["was_delivered_at"], r["error_code"], r["error_category"],
         r["error_message"],
     )  # fmt: skip
-
-
-def _retied(known: Applied, tie: asyncpg.Record) -> Applied:
-    values: dict[str, Any] = {name: getattr(known, name) for name in Applied.__slots__}
-    values.update(
-        tenant_id=tie["tenant_id"], internal_id=tie["internal_id"], reconciled_from=tie["was"]
-    )
-    return Applied(**values)
 
 
 def _json(rows: list[tuple[Any, ...]]) -> str:

@@ -1,12 +1,13 @@
 """The status consumer (SPEC §13): ``inbound-webhooks`` into the ledger, in batches.
 
 For each batch of webhook bodies: customers' messages are forwarded to ``inbound-messages``
-(confirmed), the statuses of all of them are merged and applied in one statement, then each
-body is acked. Nothing is acked before its statuses are written and its messages confirmed:
-while the ledger is away, the batch is tried again and the rest wait in the queue (prefetch
-bounds what this process holds). Applying is idempotent, so a body seen twice (a broker cut
-took its ack) changes nothing. A body that is no webhook goes to ``inbound-webhooks-failed``
-with its reason; a row the database refuses is found by halving and only its body goes there.
+(confirmed), the statuses of all of them are merged and applied, then the bodies are acked.
+Nothing is acked before its statuses are written and its messages confirmed: while the
+ledger is away, the batch is tried again and the rest wait in the queue (prefetch bounds what
+this process holds). Applying is idempotent, so a body seen twice (a broker cut took its ack)
+changes nothing. A body that is no webhook goes to ``inbound-webhooks-failed`` with its
+reason; one the database refuses (any error but an outage) is found by halving and only it
+goes there. Every second, statuses no send has tied yet are tried again (``retie``).
 """
 
 from __future__ import annotations
@@ -14,42 +15,57 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import aio_pika
-import aiormq
 import asyncpg
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aiormq.exceptions import ChannelInvalidStateError
 
-from ..ledger.heartbeat import OUTAGE
-from ..ledger.statuses import Applied
+from ..ledger.statuses import Applied, Tied
 from ..logs import get_logger
 from ..seams import StatusStore
 from ..settings import Settings
+from .forward import BROKER_ERRORS, Forwarder
 from .payload import UnreadableWebhook, Webhook, merge, read
 
 log = get_logger("statuses")
 
-_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, ChannelInvalidStateError)
-#: A row the database refuses: that body's own problem, found by halving the batch.
-_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-_MAX_BATCH = 1000
-_CONFIRM_TIMEOUT = 10.0
+#: The database is away or overloaded: wait and try again. Any other error is a statement
+#: this batch makes fail (a refused row, a time limit): halve it until the body is found.
+_OUTAGE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,  # a deadlock again: crossed batches, not this one
+    asyncpg.QueryCanceledError,  # the statement timeout: a part is 5,000 statuses at most,
+)  # which take about 0.1 s, so a timeout says the database is overloaded
+_MAX_BATCH: Final = 1000
+_RETIE_SECONDS: Final = 1.0
 
 
 class StatusObserver(Protocol):
     def applied(self, row: Applied) -> None:
         """A wamid's row after a batch (``row.changed``: a transition)."""
 
+    def tied(self, tie: Tied) -> None:
+        """A status tied to its message by its callback data."""
+
     def inbound(self, count: int, *, forwarded: bool) -> None:
         """Customers' messages forwarded, or dropped by setting."""
+
+    def ignored_values(self, count: int) -> None:
+        """Webhook values with neither statuses nor messages."""
 
     def unreadable(self) -> None:
         """A body sent to the failed queue."""
@@ -79,10 +95,10 @@ class StatusConsumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._channels: list[AbstractChannel] = []
-        self._exchange: AbstractExchange | None = None
-        self._dlx: AbstractExchange | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._forwarder: Forwarder | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._settled: set[int] = set()  # ids of this batch's deliveries already settled
         self.batches = 0  # written batches, for tests and the bench
 
     async def start(self) -> None:
@@ -91,10 +107,17 @@ class StatusConsumer:
         await consume.set_qos(prefetch_count=s.statuses_prefetch)
         publish = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._channels = [consume, publish]
-        self._exchange = await publish.get_exchange(s.webhook_exchange, ensure=True)
-        self._dlx = await publish.get_exchange(s.dead_letter_exchange, ensure=True)
+        self._forwarder = Forwarder(
+            s,
+            await publish.get_exchange(s.webhook_exchange, ensure=True),
+            await publish.get_exchange(s.dead_letter_exchange, ensure=True),
+            self._stopping,
+        )
         self._queue = await consume.declare_queue(s.webhook_queue, passive=True)
-        self._worker = asyncio.create_task(self._run(), name="status-consumer")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="status-consumer"),
+            asyncio.create_task(self._retie(), name="status-retie"),
+        ]
         self._tag = await self._queue.consume(self._inbox.put, no_ack=False)
         log.info("consuming_statuses", queue=s.webhook_queue, prefetch=s.statuses_prefetch)
 
@@ -102,15 +125,16 @@ class StatusConsumer:
         """Stop taking bodies, finish the batch in hand (up to ``grace``), hand back the rest."""
         self._stopping.set()
         if self._queue is not None and self._tag is not None:
-            with suppress(*_BROKER_ERRORS, TimeoutError):
+            with suppress(*BROKER_ERRORS, TimeoutError):
                 await asyncio.wait_for(self._queue.cancel(self._tag), 5)
-        if self._worker is not None:
-            done, _ = await asyncio.wait([self._worker], timeout=grace)
-            if not done:
-                self._worker.cancel()
-                await asyncio.wait([self._worker], timeout=1)
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1)
         for channel in self._channels:  # what was not acked goes back to the queue
-            with suppress(*_BROKER_ERRORS, TimeoutError):
+            with suppress(*BROKER_ERRORS, TimeoutError):
                 await asyncio.wait_for(channel.close(), 5)
 
     async def _run(self) -> None:
@@ -118,15 +142,27 @@ class StatusConsumer:
             batch = await self._next_batch()
             if not batch:
                 continue
+            self._settled.clear()
             try:
                 await self._handle(batch)
             except Exception:  # a bug: said so; the bodies go back and the consumer goes on
                 log.exception("statuses_batch_failed", bodies=len(batch))
-                for message in batch:  # those already settled say so, and are left alone
-                    with suppress(*_BROKER_ERRORS, aio_pika.exceptions.MessageProcessError):
-                        await message.nack(requeue=True)
+                for message in batch:
+                    if id(message) not in self._settled:
+                        with suppress(*BROKER_ERRORS, aio_pika.exceptions.MessageProcessError):
+                            await message.nack(requeue=True)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    async def _retie(self) -> None:
+        while not self._stopping.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _RETIE_SECONDS)
+            try:
+                for tie in await self._store.retie():
+                    self._observer.tied(tie)
+            except (*_OUTAGE, asyncpg.PostgresError) as exc:  # the batches say it louder
+                log.debug("statuses_retie_failed", error=type(exc).__name__)
 
     async def _next_batch(self) -> list[AbstractIncomingMessage]:
         """What came within the batch window after the first body, up to the batch size."""
@@ -163,109 +199,68 @@ class StatusConsumer:
         return None if getter.cancelled() else getter.result()
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        assert self._forwarder is not None
         bodies: list[_Body] = []
         for message in batch:
             try:
                 bodies.append(_Body(message, read(message.body)))
             except UnreadableWebhook as exc:
                 await self._dead(message, str(exc))
-        bodies = [b for b in bodies if await self._forward(b)]
+        for body in bodies:
+            inbound = body.webhook.inbound
+            if inbound and self._settings.inbound_messages:
+                if not await self._forwarder.forward(inbound):
+                    return  # stopping: nothing of this batch acked, all of it comes back
+                forwarded = True
+            else:
+                forwarded = False
+            for item in inbound:
+                self._observer.inbound(item.count, forwarded=forwarded)
+            if body.webhook.ignored:
+                self._observer.ignored_values(body.webhook.ignored)
         await self._write(bodies)
         self.batches += 1
 
-    async def _write(self, bodies: list[_Body]) -> None:
-        """Apply the statuses of ``bodies`` and ack them; the ledger away: try again."""
+    async def _write(self, bodies: list[_Body]) -> bool:
+        """Apply the statuses of ``bodies`` and ack them; False: stopping, nothing acked."""
         if not bodies:
-            return
+            return True
         updates = merge([u for b in bodies for u in b.webhook.statuses])
         delay = 0.5
         while True:
             try:
-                applied = await self._store.apply(updates)
+                applied, ties = await self._store.apply(updates)
                 break
-            except _DATA as exc:
-                if len(bodies) == 1:
-                    await self._dead(bodies[0].message, f"the ledger refused a status: {exc}")
-                    return
-                half = len(bodies) // 2
-                await self._write(bodies[:half])
-                await self._write(bodies[half:])
-                return
-            except OUTAGE as exc:
+            except _OUTAGE as exc:
                 if self._stopping.is_set():
-                    return  # not acked: the bodies go back to the queue
+                    return False  # not acked: the bodies go back to the queue
                 log.warning("statuses_waiting_for_ledger", error=f"{type(exc).__name__}"[:100])
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
+            except asyncpg.PostgresError as exc:
+                if len(bodies) == 1:
+                    await self._dead(bodies[0].message, f"the ledger refused it: {exc}")
+                    return True
+                half = len(bodies) // 2
+                # The second half only after the first is acked: its ack covers the first's.
+                return await self._write(bodies[:half]) and await self._write(bodies[half:])
         for row in applied:
             self._observer.applied(row)
+        for tie in ties:
+            self._observer.tied(tie)
         skipped = sum(b.webhook.skipped for b in bodies)
         if skipped:
             log.warning("statuses_skipped", count=skipped, reason="unreadable")
         # One frame for the batch: every earlier delivery is settled by now (bodies are
         # handled in delivery order, and those set aside were acked or nacked on the way).
-        await _ack(bodies[-1].message, multiple=True)
-
-    async def _forward(self, body: _Body) -> bool:
-        """Customers' messages to ``inbound-messages``; False: not confirmed, try again later."""
-        inbound = body.webhook.inbound
-        if not inbound:
-            return True
-        if not self._settings.inbound_messages:
-            for item in inbound:
-                self._observer.inbound(item.count, forwarded=False)
-            return True
-        assert self._exchange is not None
-        prefix = self._settings.inbound_routing_key
-        try:
-            for item in inbound:
-                await self._exchange.publish(
-                    aio_pika.Message(
-                        item.body,
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    routing_key=f"{prefix}.{item.phone_number_id}",
-                    mandatory=True,
-                    timeout=_CONFIRM_TIMEOUT,
-                )
-        except (*_BROKER_ERRORS, TimeoutError) as exc:
-            log.warning("inbound_not_forwarded", error=f"{type(exc).__name__}: {exc}"[:300])
-            with suppress(*_BROKER_ERRORS):
-                await body.message.nack(requeue=True)
-            return False
-        for item in inbound:
-            self._observer.inbound(item.count, forwarded=True)
+        with suppress(*BROKER_ERRORS):
+            await bodies[-1].message.ack(multiple=True)
+        self._settled.update(id(b.message) for b in bodies)
         return True
 
     async def _dead(self, message: AbstractIncomingMessage, reason: str) -> None:
-        """To the failed queue with its reason; if that is not confirmed, the broker's own
-        dead-lettering takes it there (without the reason)."""
-        log.error("webhook_unreadable", reason=reason[:300], size=len(message.body))
+        assert self._forwarder is not None
         self._observer.unreadable()
-        assert self._dlx is not None
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={"x-error-category": "invalid", "x-error-message": reason[:1024]},
-        )
-        try:
-            await self._dlx.publish(
-                copy,
-                routing_key=f"{self._settings.webhook_routing_key}.failed",
-                mandatory=True,
-                timeout=_CONFIRM_TIMEOUT,
-            )
-        except (*_BROKER_ERRORS, TimeoutError):
-            with suppress(*_BROKER_ERRORS):
-                await message.nack(requeue=False)
-            return
-        await _ack(message)
-
-
-async def _ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
-    # A cut channel takes its acks with it; the body comes back and changes nothing twice.
-    with suppress(*_BROKER_ERRORS):
-        await message.ack(multiple=multiple)
+        await self._forwarder.dead(message, reason)
+        self._settled.add(id(message))

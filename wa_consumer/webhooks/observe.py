@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..alerts import ACCOUNT_CATEGORIES, Alerter
-from ..ledger.statuses import Applied
+from ..ledger.statuses import Applied, Tied
 from ..logs import get_logger
 
 log = get_logger("statuses")
@@ -37,6 +37,17 @@ class StatusMetrics:
             "Messages recorded as not sent (an ambiguous attempt) that a status showed sent.",
             registry=registry,
         )
+        self.sent_twice = Counter(
+            "wa_sent_twice",
+            "Messages a status showed accepted under a second wamid (an ambiguous attempt "
+            "and its retry both went out).",
+            registry=registry,
+        )
+        self.ignored = Counter(
+            "wa_webhook_values_ignored",
+            "Webhook values with neither statuses nor customers' messages (other fields).",
+            registry=registry,
+        )
         self.pending = Counter(
             "wa_statuses_untied",
             "Statuses whose wamid no recorded send has yet (kept until it has).",
@@ -65,25 +76,29 @@ class StatusMetrics:
             self.inbound_messages.labels(outcome)
 
     def applied(self, row: Applied) -> None:
-        if row.reconciled_from is not None and row.reconciled_from != "claimed":
-            self.reconciled.inc()
-            log.info(
-                "status_reconciled",
-                tenant_id=row.tenant_id,
-                internal_id=row.internal_id,
-                wamid=row.wamid,
-                was=row.reconciled_from,
-            )
         if row.tenant_id is None and row.was is None:
             self.pending.inc()
+        # A delivered time first seen, also after a read (statuses come out of order).
+        if row.delivered_at and row.was_delivered_at is None and row.accepted_at is not None:
+            seconds = (row.delivered_at - row.accepted_at).total_seconds()
+            self.delivery_latency.observe(max(0.0, seconds))
         if not row.changed:
             return
         self.statuses.labels(row.status).inc()
         if row.status == "failed":
             self._failed(row)
-        if row.delivered_at and row.was_delivered_at is None and row.accepted_at is not None:
-            seconds = (row.delivered_at - row.accepted_at).total_seconds()
-            self.delivery_latency.observe(max(0.0, seconds))
+
+    def tied(self, tie: Tied) -> None:
+        where = {"tenant_id": tie.tenant_id, "internal_id": tie.internal_id, "wamid": tie.wamid}
+        if tie.reconciled:
+            self.reconciled.inc()
+            log.info("status_reconciled", **where, was=tie.was)
+        elif tie.sent_twice:
+            self.sent_twice.inc()
+            log.warning("sent_twice", **where, reason="an ambiguous attempt was accepted too")
+
+    def ignored_values(self, count: int) -> None:
+        self.ignored.inc(count)
 
     def _failed(self, row: Applied) -> None:
         category = row.error_category or "permanent"

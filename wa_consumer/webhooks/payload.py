@@ -79,6 +79,9 @@ class Inbound:
     phone_number_id: str
     body: bytes
     count: int
+    waba_id: str | None = None
+    first_id: str | None = None
+    """The first message's id: the forwarded copy's ``message_id``, so repeats can be told."""
 
 
 @dataclass(slots=True)
@@ -87,6 +90,8 @@ class Webhook:
     inbound: list[Inbound] = field(default_factory=list)
     skipped: int = 0
     """Statuses that could not be read (no wamid, an unknown status, no time)."""
+    ignored: int = 0
+    """Values with neither statuses nor messages (another webhook field)."""
 
 
 def read(body: bytes) -> Webhook:
@@ -100,14 +105,15 @@ def read(body: bytes) -> Webhook:
     found = Webhook()
     for entry in document["entry"]:
         changes = entry.get("changes") if isinstance(entry, dict) else None
+        waba_id = _text(entry.get("id"), 64) if isinstance(entry, dict) else None
         for change in changes if isinstance(changes, list) else ():
             value = change.get("value") if isinstance(change, dict) else None
             if isinstance(value, dict):
-                _read_value(value, found)
+                _read_value(value, waba_id, found)
     return found
 
 
-def _read_value(value: dict[str, Any], found: Webhook) -> None:
+def _read_value(value: dict[str, Any], waba_id: str | None, found: Webhook) -> None:
     metadata = value.get("metadata")
     number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
     number = number if isinstance(number, str) and _NUMBER_ID.fullmatch(number) else None
@@ -120,7 +126,13 @@ def _read_value(value: dict[str, Any], found: Webhook) -> None:
             found.statuses.append(update)
     messages = value.get("messages")
     if isinstance(messages, list) and messages:
-        found.inbound.append(Inbound(number or "unknown", orjson.dumps(value), len(messages)))
+        first = messages[0].get("id") if isinstance(messages[0], dict) else None
+        found.inbound.append(
+            Inbound(number or "unknown", orjson.dumps(value), len(messages), waba_id,
+                    _text(first, _MAX_ID))
+        )  # fmt: skip
+    elif not isinstance(statuses, list) or not statuses:
+        found.ignored += 1
 
 
 def _status(item: object, number: str | None) -> StatusUpdate | None:

@@ -88,6 +88,7 @@ class WebhookReceiver:
         self._exchange: AbstractExchange | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
+        self._in_flight = 0  # requests being read or published: bounds the bodies held
         self.port: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -208,6 +209,16 @@ class WebhookReceiver:
         """Check, publish with a confirm, and only then answer 200."""
         if (request.content_length or 0) > self._settings.webhook_max_body_bytes:
             return self._answer(Result.TOO_LARGE)
+        if self._in_flight >= self._settings.webhook_max_concurrent:
+            self._warn.warning("webhook_busy", limit=self._settings.webhook_max_concurrent)
+            return self._answer(Result.UNAVAILABLE)  # before the body is read: Meta retries
+        self._in_flight += 1
+        try:
+            return await self._check_and_publish(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _check_and_publish(self, request: web.Request) -> web.Response:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:  # chunked, past client_max_size

@@ -37,6 +37,8 @@ CREATE INDEX wa_deliveries_failed ON wa_deliveries (failed_at) WHERE failed_at I
 -- the time ranges of report costs and prune for a fraction of a b-tree's upkeep on each send.
 CREATE INDEX wa_deliveries_received ON wa_deliveries USING brin (received_at);
 ALTER TABLE wa_deliveries SET (fillfactor = 50);
+-- Statuses not tied to a message yet (tried again for an hour): few, and leaving on the tie.
+CREATE INDEX wa_deliveries_untied ON wa_deliveries (received_at) WHERE tenant_id IS NULL;
 
 -- A producer's own biz_opaque_callback_data (the daemon sets the internalId where there is
 -- none, and keeps no copy of that): how a status ties to its message without a wamid.
