@@ -1,22 +1,20 @@
-"""Every one of Meta's request examples goes through the daemon to the sandbox unchanged."""
+"""Every one of Meta's request examples goes through the daemon to the sandbox unchanged.
+
+The examples are the fixture kept in the repository (``tests/meta_examples.py``).
+"""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.meta_examples import EXAMPLES
 from wa_consumer.message import with_callback
 
 from .harness import broker_for, make_settings, running, wait_for
 
 pytestmark = pytest.mark.integration
 
-try:
-    from tests.unit.test_meta_examples import EXAMPLES
-except pytest.skip.Exception:  # Meta's file is not beside the repository
-    EXAMPLES = {}
 
-
-@pytest.mark.skipif(not EXAMPLES, reason="Meta's OpenAPI file not found beside the repository")
 async def test_every_meta_example_is_delivered_unchanged_with_the_right_path_and_token(
     vhost, sandbox
 ) -> None:

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 
+from tests.meta_examples import EXAMPLES as META_EXAMPLES
 from wa_consumer.errors import InvalidMessage
 from wa_consumer.message import parse
 from wa_consumer.publisher import media_message, template_message, text_message
 
 ROOT = Path(__file__).resolve().parents[2]
-OPENAPI_NAME = "business-messaging-api_v23.0.yaml"
-MESSAGES_PATH = "/{Version}/{Phone-Number-ID}/messages"
 
 
 def _generator() -> ModuleType:
@@ -176,27 +175,10 @@ def test_schema_and_models_refuse(validator: Any, name: str) -> None:
         parse(json.dumps(message).encode())
 
 
-def _meta_examples() -> dict[str, Any]:
-    for folder in ROOT.parents:
-        path = folder / "shared" / "meta" / OPENAPI_NAME
-        if path.is_file():
-            break
-    else:
-        return {}
-    yaml = pytest.importorskip("yaml", reason="pyyaml is needed to read Meta's OpenAPI file")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with path.open(encoding="utf-8") as file:
-        spec = yaml.load(file, Loader=loader)  # a safe loader: CSafeLoader or SafeLoader
-    body = spec["paths"][MESSAGES_PATH]["post"]["requestBody"]["content"]["application/json"]
-    return {name: example["value"] for name, example in body["examples"].items()}
-
-
 def test_every_meta_example_is_valid_by_the_schema(validator: Any) -> None:
-    examples = _meta_examples()
-    if not examples:
-        pytest.skip(f"Meta's OpenAPI file (shared/meta/{OPENAPI_NAME}) was not found")
+    # Meta's request examples, from the fixture kept in the repository (tests/meta_examples.py).
     refused = {}
-    for name, example in examples.items():
+    for name, example in META_EXAMPLES.items():
         message = {"metadata": {"tenantId": "acme", "internalId": name}, "wabaPayload": example}
         errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(message)]
         if errors:
