@@ -6,6 +6,8 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Coroutine
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -35,6 +37,34 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(failures_app, name="failures")
 app.add_typer(report_app, name="report")
 app.command("status")(status_command)
+
+DISTRIBUTION = "wa-consumer"  # [project] name in pyproject.toml
+
+
+def _print_version(wanted: bool) -> None:
+    if not wanted:
+        return
+    try:
+        installed = version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "unknown"
+    typer.echo(f"wa-consumer {installed}")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -111,14 +141,23 @@ def webhook() -> None:
 def topology_declare(
     check: Annotated[bool, typer.Option("--check", help="Verify only; change nothing.")] = False,
 ) -> None:
-    """Declare the exchanges and queues (idempotent), or check them."""
+    """Declare the exchanges and queues (idempotent), or check them.
+
+    With WA_DECLARE_TOPOLOGY=passive it only checks, as --check does.
+    """
     settings = settings_or_exit()
-    from .topology import Topology, connect, declare
+    from .topology import Topology, connect, declare, prepare
+
+    passive = settings.declare_topology == "passive"
 
     async def main() -> None:
         connection = await connect(settings.amqp_url)
+        topology = Topology.from_settings(settings)
         try:
-            await declare(connection, Topology.from_settings(settings), check=check)
+            if check:
+                await declare(connection, topology, check=True)
+            else:
+                await prepare(connection, topology, passive=passive)
         finally:
             await connection.close()
 
@@ -126,7 +165,40 @@ def topology_declare(
         run_async(main())
     except WaConsumerError as exc:
         raise fail(str(exc), 3 if isinstance(exc, TopologyMismatch) else 1) from None
-    typer.echo("topology is as configured" if check else "topology declared")
+    if check or passive:
+        typer.echo("topology is as configured" + ("" if check else " (passive: none declared)"))
+    else:
+        typer.echo("topology declared")
+
+
+class ExportFormat(StrEnum):
+    definitions = "definitions"
+
+
+@topology_app.command("export")
+def topology_export(
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="Only RabbitMQ definitions JSON, for now.")
+    ] = ExportFormat.definitions,
+    output: Annotated[
+        Path | None, typer.Option("--output", metavar="FILE", help="Write here, not stdout.")
+    ] = None,
+    vhost: Annotated[
+        str | None, typer.Option(help="The vhost named in them (default: WA_AMQP_URL's).")
+    ] = None,
+) -> None:
+    """Write the topology as definitions for `rabbitmqctl import_definitions` or
+    the management plugin's load_definitions (brokers where the daemon may not declare)."""
+    settings = settings_or_exit()
+    from .definitions import definitions, render, vhost_of
+    from .topology import Topology
+
+    defs = definitions(Topology.from_settings(settings), vhost or vhost_of(settings.amqp_url))
+    text = render(defs)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 @app.command()

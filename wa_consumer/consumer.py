@@ -14,9 +14,7 @@ import signal
 from collections.abc import Callable
 from contextlib import suppress
 
-import aio_pika
 import aiohttp
-import aiormq
 from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -27,7 +25,6 @@ from aiormq.abc import DeliveredMessage
 from .alerts import Alerter
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
 from .delivery import Delivery
-from .errors import WaConsumerError
 from .graph import GraphClient, make_session
 from .health import HealthServer
 from .ledger import PostgresLedger
@@ -37,9 +34,10 @@ from .metrics import Fanout, Metrics
 from .pipeline import Pipeline, Policy
 from .probe import QueueProbe, watched_queues
 from .seams import Ledger, Limiter, NullLedger
-from .settings import Settings, safe_url
+from .settings import Settings
 from .settle import Settler
-from .topology import Topology, declare
+from .startup import Startup, StartupStopped, connect_broker
+from .topology import Topology, prepare
 from .webhooks.consumer import StatusConsumer
 from .webhooks.observe import StatusMetrics
 
@@ -128,12 +126,12 @@ class Daemon:
     async def run(self) -> int:
         """Start-up, consume until told to stop, shut down; returns the exit code."""
         s = self.settings
-        ledger: Ledger = self._ledger or await _open_ledger(s) or NullLedger()
         try:
-            connection = self._connection = await _connect(s.amqp_url)
-        except BaseException:
-            await ledger.close()
-            raise
+            ledger, connection = await self._dependencies()
+        except StartupStopped:
+            log.info("startup_stopped")  # SIGTERM while waiting: nothing consumed, exit 0
+            return 0
+        self._connection = connection
         await ledger.start()  # heartbeats: from here on, this daemon's claims are alive
         session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)
         http = HealthServer(self.metrics.registry, self.readiness)
@@ -143,7 +141,7 @@ class Daemon:
             if s.metrics_port:  # 0: no HTTP server
                 self.metrics_port = await http.start(s.metrics_host, s.metrics_port)
             await self.alerts.start()
-            await declare(connection, self.topology)
+            await prepare(connection, self.topology, passive=s.declare_topology == "passive")
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=s.prefetch)
             publish_channel = await connection.channel(
@@ -198,6 +196,18 @@ class Daemon:
             with suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
         return 0
+
+    async def _dependencies(self) -> tuple[Ledger, AbstractRobustConnection]:
+        """PostgreSQL (with a ledger), then RabbitMQ, waited for within one bound (startup)."""
+        s = self.settings
+        start = Startup(s.startup_wait_seconds, self._stop)
+        opened = self._ledger or await start.until_up("postgresql", lambda: _open_ledger(s))
+        ledger = opened or NullLedger()
+        try:
+            return ledger, await start.until_up("rabbitmq", lambda: connect_broker(s.amqp_url))
+        except BaseException:
+            await ledger.close()
+            raise
 
     async def _consume_statuses(self, connection: AbstractRobustConnection, ledger: Ledger) -> None:
         """Delivery statuses into the ledger, when it keeps them and they are wanted."""
@@ -357,10 +367,3 @@ async def _open_ledger(settings: Settings) -> Ledger | None:
         heartbeat_seconds=settings.ledger_heartbeat_seconds,
         max_deliveries=settings.max_deliveries,
     )
-
-
-async def _connect(url: str) -> AbstractRobustConnection:
-    try:
-        return await aio_pika.connect_robust(url, timeout=10, reconnect_interval=1)
-    except (OSError, aiormq.exceptions.AMQPError) as exc:
-        raise WaConsumerError(f"cannot connect to RabbitMQ at {safe_url(url)}: {exc}") from None

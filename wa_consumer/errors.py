@@ -6,7 +6,9 @@ re-raised as one of these (``raise ... from exc``)::
     WaConsumerError
     ├── SettingsError            a setting is missing or malformed (start-up stops)
     ├── TopologyMismatch         the broker holds a queue with other arguments
+    ├── Unreachable              RabbitMQ or PostgreSQL did not answer (start-up waits for it)
     ├── LedgerUnavailable        PostgreSQL cannot be reached (consuming pauses)
+    │   └── LedgerUnreachable    ... at start, and waiting may help (an Unreachable too)
     ├── InvalidMessage           the body can never be sent as is (category ``invalid``)
     ├── CredentialError          the tenant's credentials could not be had
     │   ├── TenantUnknown        tenant service said 404   (``tenant_unknown``)
@@ -52,8 +54,20 @@ class TopologyMismatch(WaConsumerError):
         )
 
 
+class Unreachable(WaConsumerError):
+    """A server did not answer at all: refused, timed out, no such host, still starting up.
+
+    Start-up waits for it (``startup.py``, ``WA_STARTUP_WAIT_SECONDS``); any other error of a
+    connect (a wrong password, no such database or vhost) stops start-up at once.
+    """
+
+
 class LedgerUnavailable(WaConsumerError):
     """The ledger's database cannot be reached; messages wait in RabbitMQ meanwhile."""
+
+
+class LedgerUnreachable(LedgerUnavailable, Unreachable):
+    """The ledger could not be opened, and waiting may help (``Unreachable``)."""
 
 
 class InvalidMessage(WaConsumerError):

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     dead_routing_key: str = "outbound.failed"
     queue_type: Literal["classic", "quorum"] = "classic"
     prefetch: int = Field(default=200, ge=1, le=65535)
+    # passive: never declare, only check (a user without configure permission)
+    declare_topology: Literal["declare", "passive"] = "declare"
 
     # Ledger (off when no database URL is set)
     database_url: str | None = None
@@ -151,6 +153,8 @@ class Settings(BaseSettings):
     statuses_batch_seconds: float = Field(default=0.05, ge=0, le=5)
 
     # Process
+    # How long start-up waits in all for RabbitMQ and PostgreSQL to answer; 0: fail at once
+    startup_wait_seconds: float = Field(default=60.0, ge=0)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
     metrics_host: str = "0.0.0.0"
@@ -207,7 +211,15 @@ class Settings(BaseSettings):
             raise ValueError("expected an http:// or https:// URL")
         return value
 
-    @field_validator("webhook_verify_token", "webhook_app_secret", mode="before")
+    # Empty is unset, as config/.env.example leaves them: copied to .env, it means the defaults.
+    @field_validator(
+        "webhook_verify_token",
+        "webhook_app_secret",
+        "database_url",
+        "tenant_service_url",
+        "tenant_service_token",
+        mode="before",
+    )
     @classmethod
     def _empty_secret(cls, value: object) -> object:
         return None if value == "" else value  # WA_WEBHOOK_APP_SECRET= (empty): unset

@@ -133,13 +133,46 @@ def _mismatch(exc: aiormq.exceptions.ChannelPreconditionFailed, spec: QueueSpec)
     )
 
 
+#: Why a passive start-up found something missing, and what to do about it.
+PASSIVE_HINT = (
+    "WA_DECLARE_TOPOLOGY=passive: nothing is declared; import config/definitions.json "
+    "(rabbitmqctl import_definitions) or run `wa-consumer topology declare` as a user that may"
+)
+
+
+async def prepare(connection: AbstractConnection, topology: Topology, *, passive: bool) -> None:
+    """Start-up's step for the topology: declare it, or (``passive``) only check it is there.
+
+    Passive is for brokers where this user has no configure permission: the topology comes
+    from ``config/definitions.json`` and start-up stops with one line naming what is missing.
+    """
+    if not passive:
+        await declare(connection, topology)
+        return
+    try:
+        await declare(connection, topology, check=True)
+    except TopologyMismatch:
+        raise
+    except WaConsumerError as exc:
+        raise WaConsumerError(f"{exc} ({PASSIVE_HINT})") from None
+
+
+def _refused(kind: str, name: str) -> WaConsumerError:
+    return WaConsumerError(
+        f"this user may not declare {kind} {name!r} (ACCESS_REFUSED); declare the topology "
+        f"as a user that may, and set WA_DECLARE_TOPOLOGY=passive"
+    )
+
+
 async def declare(
     connection: AbstractConnection, topology: Topology, *, check: bool = False
 ) -> None:
     """Declare every exchange and queue (``check``: verify only, create nothing).
 
     Raises ``TopologyMismatch`` when a queue exists with other arguments, and
-    ``WaConsumerError`` when ``check`` finds something missing.
+    ``WaConsumerError`` when ``check`` finds something missing. A check by a user without
+    configure permission verifies that each queue exists, not its arguments: RabbitMQ refuses
+    it the full declare that compares them.
     """
     for name in topology.exchanges:
         async with connection.channel() as channel:
@@ -149,6 +182,8 @@ async def declare(
                 )
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise WaConsumerError(f"exchange {name!r} does not exist") from None
+            except aiormq.exceptions.ChannelAccessRefused:
+                raise _refused("exchange", name) from None
     for spec in topology.queues:
         if check:
             async with connection.channel() as channel:
@@ -164,6 +199,10 @@ async def declare(
                 )
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 raise _mismatch(exc, spec) from None
+            except aiormq.exceptions.ChannelAccessRefused:
+                if check:
+                    continue  # it exists (checked above); its arguments cannot be compared
+                raise _refused("queue", spec.name) from None
             if spec.bind_exchange and not check:
                 for key in spec.bind_keys:
                     await queue.bind(spec.bind_exchange, key)

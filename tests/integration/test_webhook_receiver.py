@@ -222,7 +222,7 @@ async def test_receiver_refuses_to_start_without_an_app_secret(vhost, monkeypatc
 
 
 async def test_unreachable_broker_at_start_is_one_line_without_the_password(vhost) -> None:
-    settings = webhook_settings("amqp://guest:s3cr3tpw@127.0.0.1:9/")
+    settings = webhook_settings("amqp://guest:s3cr3tpw@127.0.0.1:9/", startup_wait_seconds=0)
     receiver = WebhookReceiver(settings)
     with pytest.raises(WaConsumerError) as info:
         await receiver.start()

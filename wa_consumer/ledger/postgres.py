@@ -19,12 +19,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ..errors import LedgerUnavailable
+from ..errors import LedgerUnavailable, LedgerUnreachable
 from ..logs import get_logger
 from ..message import Outbound
 from ..outcomes import Failure
 from ..seams import Attempt, Claim, Record
 from ..settings import masked
+from ..startup import transient
 from .batch import Batcher
 from .heartbeat import OUTAGE as _OUTAGE
 from .heartbeat import Heartbeat
@@ -257,12 +258,17 @@ class PostgresLedger:
                 reset=_keep_session,  # nothing to reset, and the default costs 3% of the CPU
             )
             if apply_migrations:
-                async with pool.acquire() as connection:
-                    applied = await migrate(connection)
+                try:
+                    async with pool.acquire() as connection:
+                        applied = await migrate(connection)
+                except BaseException:
+                    pool.terminate()  # start-up may try again: no pool left behind
+                    raise
                 if applied:
                     log.info("ledger_migrated", applied=applied)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"cannot open the ledger: {_no_secrets(exc)}") from None
+            error = LedgerUnreachable if transient(exc) else LedgerUnavailable  # start-up waits?
+            raise error(f"cannot open the ledger: {_no_secrets(exc)}") from None
         return cls(pool, url=url, **kwargs)
 
     @property

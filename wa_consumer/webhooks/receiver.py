@@ -39,8 +39,9 @@ from prometheus_client.exposition import choose_encoder
 
 from ..errors import SettingsError, WaConsumerError
 from ..logs import get_logger
-from ..settings import Settings, masked, safe_url
-from ..topology import Topology, declare
+from ..settings import Settings, masked
+from ..startup import Startup, StartupStopped, connect_broker
+from ..topology import Topology, prepare
 from .receiver_metrics import ReceiverMetrics, Result, Throttled
 from .signature import HEADER, verify
 
@@ -100,9 +101,15 @@ class WebhookReceiver:
         """
         s = self._settings
         try:
-            self._connection = await _connect(s.amqp_url)
+            self._connection = await Startup(s.startup_wait_seconds, self._stop).until_up(
+                "rabbitmq", lambda: connect_broker(s.amqp_url)
+            )
             async with asyncio.timeout(START_TIMEOUT):
-                await declare(self._connection, Topology.from_settings(s))
+                await prepare(
+                    self._connection,
+                    Topology.from_settings(s),
+                    passive=s.declare_topology == "passive",
+                )
                 channel = await self._connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
@@ -167,8 +174,13 @@ class WebhookReceiver:
             loop.add_signal_handler(sig, self.request_stop)
 
     async def run(self) -> int:
-        """Start, serve until told to stop, close; returns the exit code."""
-        await self.start()
+        """Start, serve until told to stop, close; returns the exit code (0 also when a stop
+        came while start-up waited for RabbitMQ)."""
+        try:
+            await self.start()
+        except StartupStopped:
+            log.info("startup_stopped")
+            return 0
         try:
             await self._stop.wait()
             log.info("webhook_stopping")
@@ -285,13 +297,3 @@ class WebhookReceiver:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         registry = self.metrics.registry
         return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
-
-
-async def _connect(url: str) -> AbstractRobustConnection:
-    """The robust connection, or one line naming the broker (its password masked)."""
-    try:
-        return await aio_pika.connect_robust(url, timeout=10, reconnect_interval=1)
-    except (OSError, aiormq.exceptions.AMQPError) as exc:
-        raise WaConsumerError(
-            f"cannot connect to RabbitMQ at {safe_url(url)}: {masked(str(exc))}"
-        ) from None
