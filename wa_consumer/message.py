@@ -48,14 +48,43 @@ _NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
 
 
 class Metadata(BaseModel):
-    """Who sends and which logical message this is; other keys are carried to the logs."""
+    """Who sends and which message this is; other keys are carried to the logs and the ledger."""
 
     model_config = ConfigDict(extra="allow")
 
-    tenantId: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
-    internalId: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
-    phoneNumberId: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None = None
-    expiresAt: datetime | None = None
+    # The descriptions are published in config/outbound-message.schema.json (SPEC §3).
+    tenantId: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_ID_CHARS,
+            description="The tenant sending: picks the WhatsApp credentials. "
+            "Also the last part of the routing key, outbound.processed.<tenantId>.",
+        ),
+    ]
+    internalId: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_ID_CHARS,
+            description="The producer's id of this logical message and the idempotency key: "
+            "one internalId is sent once. Publish it as the AMQP message_id too.",
+        ),
+    ]
+    phoneNumberId: Annotated[
+        Annotated[str, Field(pattern=r"^[0-9]{1,32}$")] | None,
+        Field(
+            description="The WhatsApp Business phone number id to send from (digits); "
+            "absent: the tenant's own. It must be one the tenant's credentials allow.",
+        ),
+    ] = None
+    expiresAt: Annotated[
+        datetime | None,
+        Field(
+            description="Never send after this time (ISO-8601; UTC when no zone is given): "
+            "the message is then dead with category expired.",
+        ),
+    ] = None
 
     @field_validator("tenantId", "internalId")
     @classmethod

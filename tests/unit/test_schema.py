@@ -19,6 +19,7 @@ import pytest
 from tests.meta_examples import EXAMPLES as META_EXAMPLES
 from wa_consumer.errors import InvalidMessage
 from wa_consumer.message import parse
+from wa_consumer.payloads import MESSAGE_TYPES, STATUS
 from wa_consumer.publisher import media_message, template_message, text_message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,3 +185,101 @@ def test_every_meta_example_is_valid_by_the_schema(validator: Any) -> None:
         if errors:
             refused[name] = errors[:3]
     assert refused == {}
+
+
+# -- the contract for other languages: identity, descriptions, a type that names itself -------
+
+
+def test_schema_id_is_versioned() -> None:
+    schema = generator.build_schema()
+    assert schema["$id"] == (
+        f"https://wa-consumer.dev/schemas/outbound-message/{generator.VERSION}.json"
+    )
+    assert "identifier" in schema["$comment"]  # not promised to be fetchable
+
+
+def test_every_metadata_field_is_described() -> None:
+    schema = generator.build_schema()
+    metadata = schema["$defs"]["Metadata"]
+    assert metadata["description"]
+    undescribed = [k for k, v in metadata["properties"].items() if not v.get("description")]
+    assert undescribed == []
+    assert schema["description"] and schema["properties"]["wabaPayload"]["description"]
+
+
+def test_type_is_a_discriminator_not_a_oneof() -> None:
+    waba = generator.build_schema()["properties"]["wabaPayload"]
+    assert "oneOf" not in waba
+    assert waba["properties"]["type"]["enum"] == [*MESSAGE_TYPES, STATUS]
+    text = json.dumps(generator.build_schema())
+    assert '"discriminator"' not in text  # OpenAPI's keyword, which validators ignore
+
+
+def _type_errors(validator: Any, message: dict[str, Any]) -> list[str]:
+    errors = list(validator.iter_errors(message))
+    assert errors, "the schema accepted it"
+    return [".".join(map(str, e.absolute_path)) for e in errors]
+
+
+@pytest.mark.parametrize(
+    ("message", "where"),
+    [
+        (_text(type="hologram", hologram={}), "wabaPayload.type"),
+        (_text(type="txt"), "wabaPayload.type"),
+        (_text(type=7), "wabaPayload.type"),
+        (
+            text_message("acme", "278", "hi")
+            | {
+                "wabaPayload": {
+                    "messaging_product": "whatsapp",
+                    "to": "278",
+                    "type": "interactive",
+                    "interactive": {"type": "buton", "body": {"text": "hi"}, "action": {}},
+                }
+            },
+            "wabaPayload.interactive.type",
+        ),
+        # no type and no message object: the type is what is missing
+        (_without(_without(_text(), "wabaPayload", "type"), "wabaPayload", "text"), "wabaPayload"),
+    ],
+    ids=["unknown", "misspelt", "not a string", "interactive", "absent"],
+)
+def test_a_wrong_type_names_itself(validator: Any, message: dict[str, Any], where: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    best = jsonschema.exceptions.best_match(validator.iter_errors(message))
+    assert ".".join(map(str, best.absolute_path)) == where
+    assert "type" in best.message or best.validator == "enum", best.message
+    # and only there: a wrong type is not also reported as every other type's failures
+    assert set(_type_errors(validator, message)) == {where}
+    with pytest.raises(InvalidMessage) as refused:
+        parse(json.dumps(message).encode())
+    assert refused.value.where in {where, f"{where}.type"}
+
+
+def test_a_right_type_with_a_bad_body_names_the_field(validator: Any) -> None:
+    message = _text(text={"body": ""})
+    assert _type_errors(validator, message) == ["wabaPayload.text.body"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"messaging_product": "whatsapp", "to": "278", "image": {"id": "1"}},
+        {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X"},
+    ],
+    ids=["image without type", "read receipt"],
+)
+def test_a_payload_without_type_is_judged_by_its_object(
+    validator: Any, payload: dict[str, Any]
+) -> None:
+    message = {"metadata": {"tenantId": "a", "internalId": "b"}, "wabaPayload": payload}
+    assert [e.message for e in validator.iter_errors(message)] == []
+    parse(json.dumps(message).encode())
+    broken = copy.deepcopy(message)
+    key = "image" if "image" in payload else "message_id"
+    broken["wabaPayload"][key] = (
+        {"id": "1", "link": "https://x.test/a.png"} if key == "image" else ""
+    )
+    assert not validator.is_valid(broken)
+    with pytest.raises(InvalidMessage):
+        parse(json.dumps(broken).encode())
