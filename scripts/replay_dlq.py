@@ -6,15 +6,16 @@
     .venv/bin/python scripts/replay_dlq.py --code 131016 --since 6h --limit 500 --json
 
 Settings come from the environment (``WA_AMQP_URL``, ``WA_DATABASE_URL``, queue names) or a
-``.env`` file, as for the daemon. Exit status: 0 done, 1 the broker or ledger failed (nothing
-unconfirmed was acked), 2 a bad option or setting.
+``.env`` file, as for the daemon. With no filter it refuses unless ``--all``. Progress lines
+go to stderr. Exit status: 0 done, 1 the pass failed (nothing unconfirmed was acked), 2 a bad
+option or setting, 4 the broker or the ledger did not answer.
 """
 
 from __future__ import annotations
 
 import typer
 
-from wa_consumer.cli_dlq import replay_command
+from wa_consumer.cli.dlq import replay_command
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command()(replay_command)

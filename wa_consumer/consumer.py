@@ -28,7 +28,7 @@ from .delivery import Delivery
 from .graph import GraphClient, make_session
 from .health import HealthServer
 from .ledger import PostgresLedger
-from .limits import build_limiter
+from .limits import RateLimiter, build_limiter
 from .logs import get_logger
 from .metrics import Fanout, Metrics
 from .pipeline import Pipeline, Policy
@@ -296,6 +296,11 @@ class Daemon:
             if self._has_ledger
             else None,
         )
+        if isinstance(ledger, PostgresLedger):
+            postgres = ledger  # bound for the lambda (read at scrape time)
+            postgres.observe_batches(self.metrics.watch_ledger(lambda: postgres.results_held))
+        if isinstance(pipeline.limiter, RateLimiter):
+            self.metrics.watch_limiter(pipeline.limiter)
         queues = watched_queues(
             self.settings,
             self.topology.retry_queues.values(),

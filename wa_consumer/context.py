@@ -7,7 +7,7 @@ from datetime import datetime
 from .errors import GraphError
 from .message import Outbound
 from .outcomes import Dead, Delivered, Outcome, Retry
-from .seams import Attempt, Record
+from .seams import FBTRACE_CHARS, Attempt, Record
 
 
 class Context:
@@ -17,9 +17,11 @@ class Context:
         "attempt",
         "attempts",
         "claimed",
+        "fbtrace_id",
         "internal_id",
         "latency_ms",
         "on_the_wire",
+        "phone_number_id",
         "tenant_id",
         "type",
     )
@@ -33,6 +35,8 @@ class Context:
         self.claimed: Outbound | None = None  # set once the ledger gave us the message
         self.on_the_wire = False  # a request is out: Meta may accept it whatever happens here
         self.attempts: list[Attempt] = []
+        self.phone_number_id: str | None = None  # the number the send goes from, once resolved
+        self.fbtrace_id: str | None = None  # Meta's trace id of the last error answer, if any
 
     def bind(self, message: Outbound) -> None:
         self.tenant_id = message.tenant_id
@@ -41,6 +45,9 @@ class Context:
 
 
 def attempt_of(ctx: Context, at: datetime, outcome: str, err: GraphError, category: str) -> Attempt:
+    """The failed attempt's row; its ``fbtrace_id`` (bounded) is kept for the outcome line too."""
+    trace = err.fbtrace_id[:FBTRACE_CHARS] if err.fbtrace_id else None
+    ctx.fbtrace_id = trace
     return Attempt(
         ctx.attempt,
         at,
@@ -52,6 +59,7 @@ def attempt_of(ctx: Context, at: datetime, outcome: str, err: GraphError, catego
         category=category,
         message=err.message,
         ambiguous=err.maybe_sent,
+        fbtrace_id=trace,
     )
 
 

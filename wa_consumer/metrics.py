@@ -17,7 +17,7 @@ drop them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -29,18 +29,30 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .categories import DEAD
 from .classify import retry_queue_name
 from .outcomes import Dead, Duplicate, Outcome, Retry
 
 MAX_TENANTS = 1000
+#: Numbers with a ``wa_limiter_rate`` series of their own; the rest are one ``other`` series.
+MAX_NUMBERS = 1000
 
 # Cloud API latency: 5 ms (a sandbox, a cache) to 30 s (past any sane timeout); finest
 # around Meta's usual 100-500 ms.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75,
     1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0,
+)  # fmt: skip
+
+# Ledger statements: one item (at rest) to the batcher's cap of 500 (under load).
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500)
+# Ledger commit latency: a local PostgreSQL answers in about a millisecond; 5 s is the
+# statement timeout's default.
+COMMIT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 
 CATEGORIES = tuple(str(c) for c in DEAD)
@@ -62,6 +74,66 @@ class Observer(Protocol):
     def ambiguous(self) -> None:
         """A call that may have reached Meta without an answer (a timeout after sending)."""
         ...
+
+
+class LimiterState(Protocol):
+    """What the rate limiter shows metrics (``limits.RateLimiter``), read at scrape time."""
+
+    @property
+    def throttled(self) -> Mapping[str, int]: ...
+
+    def rates_now(self) -> Iterable[tuple[str, float]]: ...
+
+    @property
+    def fallback(self) -> bool | None: ...
+
+
+class LimiterCollector(Collector):
+    """The limiter's state as metrics, read at scrape time: the hot path pays nothing.
+
+    ``wa_limiter_rate`` has one series per number seen, in the order seen, up to
+    ``MAX_NUMBERS``; the numbers past that are one ``other`` series holding their lowest rate
+    (the most slowed down). ``wa_limiter_fallback`` exists only with a shared (Redis) schedule.
+    """
+
+    def __init__(self, limiter: LimiterState) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> Iterator[Metric]:
+        rate = GaugeMetricFamily(
+            "wa_limiter_rate",
+            "Send rate a number books at now (msg/s): its ceiling, or less after Meta's "
+            "rate-limit answers.",
+            labels=("phone_number_id",),
+        )
+        other: float | None = None
+        for i, (number, now) in enumerate(self._limiter.rates_now()):
+            if i < MAX_NUMBERS:
+                rate.add_metric((number,), now)
+            else:
+                other = now if other is None else min(other, now)
+        if other is not None:
+            rate.add_metric(("other",), other)
+        yield rate
+        throttled = CounterMetricFamily(
+            "wa_throttled",
+            "Messages the limiter sent to a wait queue (the wait was over the maximum), "
+            "by the limit that refused: number or recipient.",
+            labels=("limit",),
+        )
+        for limit, count in self._limiter.throttled.items():
+            throttled.add_metric((limit,), count)
+        yield throttled
+        fallback = self._limiter.fallback
+        if fallback is not None:
+            yield GaugeMetricFamily(
+                "wa_limiter_fallback",
+                "1 while Redis is away and numbers are paced in process (WA_REDIS_FALLBACK_SHARE).",
+                value=1.0 if fallback else 0.0,
+            )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # described by collect(), after the limiter exists
 
 
 class NullObserver:
@@ -184,6 +256,24 @@ class Metrics:
             "wa_alert_webhook_failures", "Alerts the webhook never accepted.", registry=r
         )
 
+        self.ledger_batch_size = Histogram(
+            "wa_ledger_batch_size",
+            "Items (claims and results) per ledger statement.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.ledger_commit = Histogram(
+            "wa_ledger_commit_seconds",
+            "Time to write one ledger statement (its batch), as its waiters see it.",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.ledger_results_held = Gauge(
+            "wa_ledger_results_held",
+            "Results in memory not yet written to the ledger (queued, or kept in an outage).",
+            registry=r,
+        )
+
         # Bound children: the hot path looks these up in a dict.
         self._message_children: dict[tuple[str, ...], Counter] = {}
         self._dead_children: dict[tuple[str, ...], Counter] = {}
@@ -269,6 +359,20 @@ class Metrics:
             self.registry.unregister(self.ledger_up)
         else:
             self.ledger_up.set_function(ledger_up)
+
+    def ledger_batch(self, items: int, seconds: float) -> None:
+        """Once per ledger statement written (``Batcher``'s ``on_batch``)."""
+        self.ledger_batch_size.observe(items)
+        self.ledger_commit.observe(seconds)
+
+    def watch_ledger(self, results_held: Callable[[], float]) -> Callable[[int, float], None]:
+        """Read the ledger's held results at scrape time; returns the per-batch hook."""
+        self.ledger_results_held.set_function(results_held)
+        return self.ledger_batch
+
+    def watch_limiter(self, limiter: LimiterState) -> None:
+        """Export the limiter's rates, refusals and fallback (read at scrape time)."""
+        self.registry.register(LimiterCollector(limiter))
 
     def _tenant(self, tenant: str | None) -> str:
         if tenant is None:

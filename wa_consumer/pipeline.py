@@ -219,6 +219,7 @@ class Pipeline:
             number = resolve_number(creds, message.tenant_id, message.phone_number_id)
         except CredentialError as exc:
             return self._credential_failure(ctx, exc)
+        ctx.phone_number_id = number
 
         # limit
         if not await self.limiter.acquire(number, message.to):

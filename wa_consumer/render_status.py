@@ -116,6 +116,10 @@ def _show_attempts(console: Console, attempts: list[dict[str, Any]]) -> None:
     for attempt in attempts:
         table.add_row(*(Text(_text(attempt[column])) for _, column, _ in _ATTEMPT_COLUMNS))
     console.print(table)
+    # Meta's trace ids (what its support asks for) under the table: too wide for a column.
+    for attempt in attempts:
+        if trace := attempt.get("fbtrace_id"):
+            console.print(Text(f"attempt {attempt['attempt']} fbtrace_id {trace}"))
 
 
 # One table per wamid: when our send got its 200 (accepted), then what Meta's webhooks said.

@@ -20,8 +20,14 @@ def log_outcome(ctx: Context, outcome: Outcome, short: str, settled: str, total_
         "latency_ms": round(ctx.latency_ms, 1) if ctx.latency_ms is not None else None,
         "total_ms": round(total_ms, 1),
     }
+    if ctx.phone_number_id is not None:
+        fields["phone_number_id"] = ctx.phone_number_id
+    if ctx.fbtrace_id is not None:
+        fields["fbtrace_id"] = ctx.fbtrace_id  # Meta's trace id: what its support asks for
     failure = getattr(outcome, "failure", None)
     if failure is None:
+        if isinstance(outcome, Delivered) and outcome.wamid:
+            fields["wamid"] = outcome.wamid
         log.info("message", **fields)
         return
     fields["code"] = failure.code

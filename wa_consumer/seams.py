@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from .webhooks.payload import StatusUpdate
 
 
+#: Bound on a Meta ``fbtrace_id`` kept in logs and the ledger (Meta's are about 20-30 chars).
+FBTRACE_CHARS = 64
+
+
 class Claim(StrEnum):
     CLAIMED = "claimed"  # ours to send
     ALREADY_SENT = "already_sent"  # ack without sending
@@ -45,6 +49,7 @@ class Attempt:
     category: str | None = None
     message: str | None = None
     ambiguous: bool = False
+    fbtrace_id: str | None = None  # Meta's trace id of an error answer (bounded: FBTRACE_CHARS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -473,7 +473,7 @@ async def test_replay_maximum_keeps_a_message_replayed_too_often_in_the_dlq(
     fresh = [await kill(broker, "acme", "permanent", "131026", replays=2) for _ in range(4)]
 
     started = time.monotonic()
-    summary = await dlq_json(settings, tmp_path, "replay", "--rate", "20")
+    summary = await dlq_json(settings, tmp_path, "replay", "--all", "--rate", "20")
     assert time.monotonic() - started >= 3 / 20  # four replays at 20/s: three gaps
     assert (summary["replayed"], summary["skipped"]) == (4, {"replay limit": 1})
     replayed = await broker.drain(settings.queue)
@@ -482,7 +482,7 @@ async def test_replay_maximum_keeps_a_message_replayed_too_often_in_the_dlq(
     assert await ids_in(broker, settings.dead_letter_queue) == [worn]
 
     await kill(broker, "acme", "permanent", "131026", internal_id=worn, replays=3)
-    summary = await dlq_json(settings, tmp_path, "replay", "--max-replays", "4")
+    summary = await dlq_json(settings, tmp_path, "replay", "--all", "--max-replays", "4")
     assert summary["replayed"] == 1  # a higher maximum lets it go
 
 
@@ -496,7 +496,7 @@ async def test_a_message_the_ledger_records_as_sent_is_not_replayed(
     for internal_id in (sent, dead):
         await kill(broker, "acme", "retries_exhausted", "131016", internal_id=internal_id)
 
-    code, out, err = await dlq(settings, tmp_path, "replay", database=database)
+    code, out, err = await dlq(settings, tmp_path, "replay", "--all", database=database)
     assert code == 0, err
     assert "skipped 1: already sent" in out
     assert await ids_in(broker, settings.queue) == [dead]
@@ -517,7 +517,7 @@ async def test_another_tenants_sent_message_with_the_same_id_does_not_hold_a_rep
     for tenant in ("acme", "globex"):
         await kill(broker, tenant, "retries_exhausted", "131016", internal_id=shared)
 
-    summary = await dlq_json(settings, tmp_path, "replay", database=database)
+    summary = await dlq_json(settings, tmp_path, "replay", "--all", database=database)
 
     assert (summary["replayed"], summary["skipped"]) == (1, {"already sent": 1})
     assert [tenant_of(m) for m in await broker.drain(settings.queue)] == ["globex"]
@@ -535,7 +535,7 @@ async def test_replay_reads_the_tenant_from_the_body_when_the_headers_have_none(
         body = orjson.dumps(text_message(tenant, "27820001234", internal_id=shared))
         await bury(broker, body, {}, shared)
 
-    summary = await dlq_json(settings, tmp_path, "replay", database=database)
+    summary = await dlq_json(settings, tmp_path, "replay", "--all", database=database)
 
     assert (summary["replayed"], summary["skipped"]) == (1, {"already sent": 1})
     assert [tenant_of(m) for m in await broker.drain(settings.queue)] == ["globex"]
@@ -551,7 +551,7 @@ async def test_a_message_with_no_readable_tenant_is_not_replayed_if_any_tenant_s
     for internal_id in (sent, unknown):
         await bury(broker, b"{not json", {}, internal_id)  # neither body nor header names one
 
-    summary = await dlq_json(settings, tmp_path, "replay", database=database)
+    summary = await dlq_json(settings, tmp_path, "replay", "--all", database=database)
 
     assert (summary["replayed"], summary["skipped"]) == (1, {"already sent": 1})
     assert [m.message_id for m in await broker.drain(settings.queue)] == [unknown]
@@ -613,7 +613,7 @@ async def test_purge_records_its_reason_on_that_tenants_record_alone(
 
     reason = "bad template (ticket OPS-31)"
     code, out, err = await dlq(
-        settings, tmp_path, "purge", "--yes", "--reason", reason, database=database
+        settings, tmp_path, "purge", "--all", "--yes", "--reason", reason, database=database
     )
 
     assert code == 0, err
@@ -651,3 +651,90 @@ async def test_a_second_dlq_command_waits_its_turn(dead_letters: Broker, tmp_pat
     assert code == 1
     assert "needs it alone" in err
     assert await broker.count(settings.dead_letter_queue) == 1
+
+
+# -- safety: no filter, --all, dry runs, progress ------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("replay",), ("purge", "--yes")])
+async def test_replay_and_purge_with_no_filter_refuse_unless_all(
+    dead_letters: Broker, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    broker, settings = dead_letters, dead_letters.settings
+    ids = [await kill(broker, "acme", "permanent", "131026") for _ in range(2)]
+
+    code, out, err = await dlq(settings, tmp_path, *command)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "pass a filter" in err and "--all" in err
+    assert await ids_in(broker, settings.dead_letter_queue) == ids
+    for internal_id in ids:
+        await kill(broker, "acme", "permanent", "131026", internal_id=internal_id)
+
+    code, _, err = await dlq(settings, tmp_path, *command, "--all", "--json")
+    assert code == 0, err
+    assert await broker.count(settings.dead_letter_queue) == 0
+
+
+async def test_purge_dry_run_counts_what_would_go_and_touches_nothing(
+    dead_letters: Broker, ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    broker, settings = dead_letters, dead_letters.settings
+    ids = []
+    for category, code in [("permanent", "131026"), ("account", "131031"), ("permanent", "1")]:
+        internal_id = await kill(broker, "acme", category, code)
+        await add_row(ledger, internal_id, "dead")
+        ids.append(internal_id)
+
+    summary = await dlq_json(
+        settings, tmp_path, "purge", "--category", "permanent", "--dry-run", database=database
+    )
+    assert (summary["dry_run"], summary["removed"], summary["left"]) == (True, 2, 3)
+    assert summary["resolved_in_ledger"] is None
+    code, out, err = await dlq(settings, tmp_path, "purge", "--dry-run")  # no filter, no --yes
+    assert code == 0, err
+    assert "dry run, nothing changed: would remove 3 of 3" in out
+    assert await ids_in(broker, settings.dead_letter_queue) == ids
+    rows = await ledger.fetch(
+        "SELECT resolution FROM wa_messages WHERE internal_id = ANY($1::text[])", ids
+    )
+    assert [r["resolution"] for r in rows] == [None] * 3
+
+
+async def test_a_long_purge_prints_progress_lines_on_stderr_when_it_is_not_a_terminal(
+    dead_letters: Broker, tmp_path: Path
+) -> None:
+    broker, settings = dead_letters, dead_letters.settings
+    channel = await broker.connection.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.get_exchange(settings.dead_letter_exchange)
+        headers = dead_headers("permanent", "131026", "(131026) failed", "acme")
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(b"{}", headers=headers, message_id=str(n)),
+                    routing_key=settings.dead_routing_key,
+                )
+                for n in range(1500)
+            )
+        )
+    finally:
+        await channel.close()
+    await wait_for(lambda: _holds(broker, settings.dead_letter_queue, 1500))
+
+    code, out, err = await dlq(settings, tmp_path, "purge", "--dry-run", "--json")
+
+    assert code == 0, err
+    assert orjson.loads(out)["removed"] == 1500
+    lines = err.splitlines()
+    assert lines, "no progress line"
+    assert all(line.startswith("wa-consumer: purging: ") for line in lines), lines
+    assert lines[-1] == "wa-consumer: purging: 1,500 of 1,500 messages"
+    assert "\x1b" not in err  # plain lines, no terminal codes
+
+
+async def test_a_broker_that_does_not_answer_exits_4(tmp_path: Path) -> None:
+    settings = make_settings("amqp://guest:guest@127.0.0.1:9/", NO_SANDBOX)  # nobody there
+    code, out, err = await dlq(settings, tmp_path, "stats")
+    assert (code, out) == (4, "")
+    assert "cannot connect to RabbitMQ" in err

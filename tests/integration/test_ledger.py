@@ -183,6 +183,32 @@ async def test_status_json_shows_sent_with_the_wamid_and_every_attempt(
     assert [a["code"] for a in record["attempts"]] == ["131000", "131000", None]
 
 
+async def test_an_attempt_meta_answered_with_an_error_keeps_its_fbtrace_id(
+    vhost: str, sandbox: Any, database: str
+) -> None:
+    """The sandbox answers 1555001... with 131000 twice (each error with an fbtrace_id)."""
+    settings = make_settings(vhost, sandbox.url, database_url=database)
+    internal_id = str(uuid.uuid4())
+    async with running(settings), broker_for(settings) as broker:
+        await broker.publish(text_message("acme", "15550010778", internal_id=internal_id))
+        await wait_for(lambda: _status_is(database, internal_id, "sent"))
+    connection = await asyncpg.connect(database)
+    try:
+        rows = await connection.fetch(
+            "SELECT outcome, code, fbtrace_id FROM wa_attempts WHERE internal_id = $1 ORDER BY id",
+            internal_id,
+        )
+    finally:
+        await connection.close()
+    assert [(r["outcome"], r["code"]) for r in rows] == [
+        ("retry", "131000"), ("retry", "131000"), ("sent", None),
+    ]  # fmt: skip
+    errors, sent = rows[:2], rows[2]
+    assert all(r["fbtrace_id"] and 0 < len(r["fbtrace_id"]) <= 64 for r in errors), errors
+    assert errors[0]["fbtrace_id"] != errors[1]["fbtrace_id"]  # each answer's own
+    assert sent["fbtrace_id"] is None
+
+
 async def _status_is(database: str, internal_id: str, status: str) -> bool:
     return await status_of(database, internal_id) == status
 

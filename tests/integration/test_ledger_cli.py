@@ -257,9 +257,10 @@ async def test_migrating_a_0002_ledger_to_the_tenant_key_keeps_every_row_and_ten
             assert {r["replays"] for r in after} == {0}
             assert {r["callback"] for r in after} == {None}
             moved = await connection.fetch("SELECT * FROM wa_attempts ORDER BY id")
-            assert [{k: v for k, v in dict(r).items() if k != "tenant_id"} for r in moved] == [
-                dict(r) for r in attempts
-            ]
+            assert [
+                {k: v for k, v in dict(r).items() if k not in ("tenant_id", "fbtrace_id")}
+                for r in moved
+            ] == [dict(r) for r in attempts]
             assert [(r["internal_id"], r["tenant_id"]) for r in moved] == [
                 ("m-sent", "acme"),
                 ("m-dead", "globex"),
@@ -555,3 +556,56 @@ def test_parse_age_refuses_anything_else_with_a_clear_message(text: str) -> None
 def test_parse_age_refuses_an_age_too_large_for_a_timedelta() -> None:
     with pytest.raises(ValueError, match="too large"):
         parse_age("99999999999w")
+
+
+# Exit codes and progress lines (for cron and Kubernetes Jobs: stderr is a pipe)
+
+
+async def test_status_tells_an_unknown_id_exit_1_from_a_database_that_is_down_exit_4(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    code, out, err = await wa_consumer(tmp_path, database, "status", new_id("nobody-here"))
+    assert (code, out) == (1, "")
+    assert "no message" in err
+
+    down = "postgresql://wa:wa@127.0.0.1:9/wa"  # nothing listens on port 9
+    code, out, err = await wa_consumer(tmp_path, down, "status", new_id("nobody-here"))
+    assert (code, out) == (4, "")
+    assert err.count("\n") == 1 and "cannot open the ledger" in err
+
+
+async def test_db_migrate_names_each_migration_on_stderr_as_it_applies_it(
+    database: str, tmp_path: Path
+) -> None:
+    async with fresh_database(database) as url:
+        code, out, err = await wa_consumer(tmp_path, url, "db", "migrate")
+    assert code == 0, err
+    names = [name for _, name, _ in migrations()]
+    assert out.splitlines() == [f"applied {name}" for name in names]
+    assert err.splitlines() == [f"wa-consumer: migrating: applying {name}" for name in names]
+
+
+async def test_a_long_db_prune_prints_progress_lines_on_stderr_when_it_is_not_a_terminal(
+    ledger: asyncpg.Connection[Any], database: str, tmp_path: Path
+) -> None:
+    await ledger.execute(
+        """
+        INSERT INTO wa_messages (internal_id, tenant_id, phone_number_id, recipient, type,
+            status, created_at, updated_at)
+        SELECT 'progress-' || n || '-' || $1, 'acme', '106540352242922', '4915112345678',
+            'text', 'sent', now() - interval '700 weeks', now() - interval '700 weeks'
+        FROM generate_series(1, 1500) AS n
+        """,
+        uuid.uuid4().hex,
+    )
+
+    code, out, err = await wa_consumer(
+        tmp_path, database, "db", "prune", "--older-than", "650w", "--batch", "100"
+    )
+
+    assert code == 0, err
+    assert out.startswith("removed 1500 ")
+    lines = err.splitlines()
+    assert lines[0] == "wa-consumer: pruning: 1,000 messages"
+    assert lines[-1] == "wa-consumer: pruning: 1,500 messages"
+    assert "\x1b" not in err

@@ -129,6 +129,7 @@ def test_the_deploy_dashboard_and_rules_use_only_metrics_the_daemon_exports() ->
     assert used <= exported, used - exported
     assert {r["alert"] for g in rules["groups"] for r in g["rules"]} >= {
         "WaConsumerDeadLetterRate",
+        "WaConsumerDeadLetterDepth",
         "WaConsumerAccountFailure",
         "WaConsumerQueueAge",
         "WaConsumerNotReady",
@@ -136,3 +137,6 @@ def test_the_deploy_dashboard_and_rules_use_only_metrics_the_daemon_exports() ->
         "WaConsumerStatusBacklog",
         "WaWebhookReceiverRefusing",
     }
+    # Every rule links the README's runbook, whoever gets paged.
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert rule["annotations"]["runbook_url"].endswith("README.md#runbook"), rule["alert"]

@@ -273,12 +273,13 @@ def show_replay(summary: ReplaySummary) -> None:
 
 def show_purge(summary: PurgeSummary) -> None:
     out = console()
-    out.print(Text(f"removed {summary.removed:,} of {summary.report.seen:,} from {summary.queue}"))
+    head = "dry run, nothing changed: would remove" if summary.dry_run else "removed"
+    out.print(Text(f"{head} {summary.removed:,} of {summary.report.seen:,} from {summary.queue}"))
     for category, count in summary.by_category.most_common():
         out.print(Text(f"  {category}: {count:,}"))
     if summary.recorded:
         recorded = f"  reason recorded in the ledger for {summary.resolved:,}: {summary.reason}"
         out.print(Text(recorded))
-    else:
+    elif not summary.dry_run:
         out.print(Text("  reason not recorded: no ledger (WA_DATABASE_URL is not set)"))
     out.print(Text(f"  left in {summary.queue}: {summary.left:,}"))

@@ -176,10 +176,11 @@ async def replay(
 
 @dataclass(slots=True)
 class PurgeSummary:
-    """What a purge removed."""
+    """What a purge removed (or, dry, would remove)."""
 
     queue: str
     reason: str
+    dry_run: bool = False
     report: PassReport = field(default_factory=PassReport)
     recorded: bool = False  # a ledger was there to record the reason
     removed: int = 0
@@ -188,12 +189,13 @@ class PurgeSummary:
 
     @property
     def left(self) -> int:
-        return self.report.seen - self.removed
+        return self.report.seen - (0 if self.dry_run else self.removed)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "queue": self.queue,
             "reason": self.reason,
+            "dry_run": self.dry_run,
             "messages": self.report.seen,
             "removed": self.removed,
             "left": self.left,
@@ -209,24 +211,29 @@ async def purge(
     ledger: DlqLedger,
     reason: str,
     *,
+    dry_run: bool = False,
     options: PassOptions | None = None,
     progress: Progress | None = None,
 ) -> PurgeSummary:
     """Delete the dead messages matching ``selection``, recording ``reason`` in the ledger.
 
     The reason is written before the acks of each batch: a purge that stops half-way may
-    leave a message with its reason recorded, never one gone without it.
+    leave a message with its reason recorded, never one gone without it. A dry run keeps
+    every message and writes nothing: it counts what would go.
     """
-    summary = PurgeSummary(queue, reason, recorded=not isinstance(ledger, NoLedger))
+    recorded = not isinstance(ledger, NoLedger) and not dry_run
+    summary = PurgeSummary(queue, reason, dry_run, recorded=recorded)
 
     async def decide(batch: Sequence[AbstractIncomingMessage], first: int) -> list[Action]:
         records = [describe(d, first + i) for i, d in enumerate(batch)]
         actions: list[Action] = [DROP if selection.matches(r) else KEEP for r in records]
         gone = [r for r, a in zip(records, actions, strict=True) if a is DROP]
-        keys = list(dict.fromkeys(ledger_key(r) for r in gone if r.internal_id))
-        summary.resolved += await ledger.resolve(keys, reason)
         summary.removed += len(gone)
         summary.by_category.update(r.category for r in gone)
+        if dry_run:
+            return [KEEP] * len(batch)
+        keys = list(dict.fromkeys(ledger_key(r) for r in gone if r.internal_id))
+        summary.resolved += await ledger.resolve(keys, reason)
         return actions
 
     summary.report = await DeadLetterPass(

@@ -7,6 +7,7 @@ load a batch holds hundreds of items; at rest, one item goes at once (no timer t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -34,6 +35,7 @@ class Batcher(Generic[I, R]):
         transient: Callable[[BaseException], bool] = lambda exc: True,
         retry_interval: float = 1.0,
         on_error: Callable[[BaseException], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._write = write
         self._max = max_batch
@@ -42,12 +44,19 @@ class Batcher(Generic[I, R]):
         self._transient = transient
         self._retry_interval = retry_interval
         self._on_error = on_error
+        self.on_batch = on_batch  # (items, seconds) of each batch written: for metrics
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
+        self._writing: list[list[tuple[I, asyncio.Future[R]]]] = []  # batches being written
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def held(self, which: Callable[[I], bool]) -> int:
+        """Items ``which`` is true of, queued or being written (read at scrape time)."""
+        queued = sum(1 for item, _ in self._pending if which(item))
+        return queued + sum(1 for batch in self._writing for item, _ in batch if which(item))
 
     def submit(self, item: I) -> asyncio.Future[R]:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -65,6 +74,8 @@ class Batcher(Generic[I, R]):
 
     async def _flush(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
         retry = False
+        self._writing.append(batch)
+        started = time.perf_counter()
         try:
             results = await self._write([item for item, _ in batch])
         except asyncio.CancelledError:
@@ -86,11 +97,14 @@ class Batcher(Generic[I, R]):
                 self._pending[:0] = kept
                 retry = True
         else:
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - started)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
         finally:
             self._running -= 1
+            self._writing.remove(batch)
         if retry:
             await asyncio.sleep(self._retry_interval)
         self._kick()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -31,8 +32,14 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(connection: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> list[str]:
-    """Apply what is missing; returns the names applied (empty when up to date)."""
+async def migrate(
+    connection: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
+    applying: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Apply what is missing; returns the names applied (empty when up to date).
+
+    ``applying`` hears each migration's name before it runs (a long one shows which).
+    """
     applied: list[str] = []
     await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
@@ -43,6 +50,8 @@ async def migrate(connection: asyncpg.Connection[Any] | PoolConnectionProxy[Any]
         for version, name, sql in migrations():
             if version in done:
                 continue
+            if applying is not None:
+                applying(name)
             async with connection.transaction():
                 await connection.execute(sql)
                 await connection.execute(

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +44,9 @@ log = get_logger("ledger")
 _WRITE = """
 WITH attempts AS (
     INSERT INTO wa_attempts (tenant_id, internal_id, attempt, started_at, latency_ms, outcome,
-        http_status, code, subcode, category, message, ambiguous, consumer)
+        http_status, code, subcode, category, message, ambiguous, fbtrace_id, consumer)
     SELECT a->>0, a->>1, (a->>2)::int, (a->>3)::timestamptz, (a->>4)::real, a->>5,
-        (a->>6)::int, a->>7, (a->>8)::int, a->>9, a->>10, (a->>11)::bool, $4
+        (a->>6)::int, a->>7, (a->>8)::int, a->>9, a->>10, (a->>11)::bool, a->>12, $4
     FROM jsonb_array_elements($2::jsonb) AS a
 ), finished AS (
     UPDATE wa_messages m SET
@@ -275,6 +275,16 @@ class PostgresLedger:
     def healthy(self) -> bool:
         return self._healthy
 
+    @property
+    def results_held(self) -> int:
+        """Results (finishes) in memory, not yet written: queued, being written, or kept
+        through an outage. Read at scrape time."""
+        return self._writes.held(_is_finish)
+
+    def observe_batches(self, on_batch: Callable[[int, float], None]) -> None:
+        """Have ``on_batch(items, seconds)`` called for each statement written (metrics)."""
+        self._writes.on_batch = on_batch
+
     async def start(self) -> None:
         """Say this consumer is alive now, and keep saying it (``heartbeat``)."""
         await self.heartbeat.start()
@@ -429,7 +439,7 @@ class PostgresLedger:
         attempts = [
             (f.message.tenant_id, f.message.internal_id, a.number, a.started_at, a.latency_ms,
              a.outcome, a.http_status, a.code, _int32(a.subcode), a.category, _clean(a.message),
-             a.ambiguous)
+             a.ambiguous, _clean(a.fbtrace_id))
             for f in finishes
             for a in f.attempts
         ]  # fmt: skip

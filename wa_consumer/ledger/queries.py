@@ -7,7 +7,7 @@ long prune cannot starve the claims of a running consumer.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -159,23 +159,36 @@ async def _cutoff(conn: Connection, older_than: timedelta, batch: int) -> dateti
     return cutoff
 
 
-async def prune(conn: Connection, older_than: timedelta, batch: int = 5000) -> int:
+async def prune(
+    conn: Connection,
+    older_than: timedelta,
+    batch: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Delete sent and dead messages not updated for ``older_than``, with their attempts and
     delivery statuses.
 
     Runs one bounded statement after another, each its own transaction, so a large ledger is
-    never locked for long. Returns how many messages were removed.
+    never locked for long. Returns how many messages were removed; ``progress`` hears the
+    running count after each statement.
     """
     cutoff = await _cutoff(conn, older_than, batch)
     removed = 0
     while True:
         deleted: int = await conn.fetchval(_PRUNE, cutoff, list(_FINISHED), batch)
         removed += deleted
+        if progress is not None:
+            progress(removed)
         if deleted < batch:  # the rest (if any) were locked; the next prune takes them
             return removed
 
 
-async def prune_statuses(conn: Connection, older_than: timedelta, batch: int = 5000) -> int:
+async def prune_statuses(
+    conn: Connection,
+    older_than: timedelta,
+    batch: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Delete delivery statuses no message holds, first heard of more than ``older_than`` ago.
 
     ``prune`` removes a message's own statuses with it; this takes those no send was ever
@@ -186,6 +199,8 @@ async def prune_statuses(conn: Connection, older_than: timedelta, batch: int = 5
     while True:
         deleted = _count(await conn.execute(_PRUNE_STATUSES, cutoff, batch))
         removed += deleted
+        if progress is not None:
+            progress(removed)
         if deleted < batch:
             return removed
 

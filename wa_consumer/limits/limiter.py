@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Protocol
 
 from ..logs import get_logger
@@ -71,6 +71,21 @@ class RateLimiter:
         self._sleep = sleep
         self._rates: dict[str, AdaptiveRate | None] = {}
         self.pairs = PairBook(pair_min_interval, max_wait=max_wait, timer=clock)
+        # Refusals (the wait would pass max_wait), by the limit that refused: read at scrape.
+        self.throttled = {"number": 0, "recipient": 0}
+
+    def rates_now(self) -> Iterator[tuple[str, float]]:
+        """Each limited number seen so far, with the rate it books at now (for metrics)."""
+        now = self._clock()
+        for number, rate in list(self._rates.items()):
+            if rate is not None:
+                yield number, rate.current(now)
+
+    @property
+    def fallback(self) -> bool | None:
+        """True while a shared schedule books in process (Redis away); None: not shared."""
+        available = getattr(self._schedule, "available", None)
+        return None if available is None else not available
 
     def rate(self, phone_number_id: str) -> AdaptiveRate | None:
         """The number's adaptive rate, or None when it has no limit."""
@@ -89,6 +104,7 @@ class RateLimiter:
         if recipient is not None:
             pair = self.pairs.book(phone_number_id, recipient, self._clock(), budget)
             if pair is None:
+                self.throttled["recipient"] += 1
                 return False
             if pair.wait > 0:
                 await self._sleep(pair.wait)
@@ -100,12 +116,15 @@ class RateLimiter:
             if wait is None:
                 if recipient is not None and pair is not None:
                     self.pairs.cancel(phone_number_id, recipient, pair)
+                self.throttled["number"] += 1
                 return False
             if wait > 0:
                 await self._sleep(wait)
-        if recipient is not None and pair is not None:
-            # A 131056 for this recipient while this one slept: its back-off starts again.
-            return not self.pairs.struck_since(phone_number_id, recipient, pair)
+        # A 131056 for this recipient while this one slept: its back-off starts again.
+        struck = self.pairs.struck_since
+        if recipient is not None and pair is not None and struck(phone_number_id, recipient, pair):
+            self.throttled["recipient"] += 1
+            return False
         return True
 
     def feedback(self, phone_number_id: str, recipient: str | None, code: str) -> None:

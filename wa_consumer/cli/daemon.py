@@ -1,100 +1,46 @@
-"""``wa-consumer``: the daemon and its tools (SPEC §8)."""
+"""The daemon, the webhook receiver and their tools: ``run``, ``webhook``, ``topology``,
+``publish``, ``sandbox`` and ``demo``.
+
+``daemon_app`` holds the top-level commands and ``topology_app`` its group; ``wa_consumer.cli``
+mounts both on ``app``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
-from collections.abc import Coroutine
 from enum import StrEnum
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import orjson
 import typer
 
-from .cli_deliveries import failures_app, report_app
-from .cli_dlq import dlq_app
-from .cli_ledger import db_app, status_command
-from .errors import InvalidMessage, SettingsError, TopologyMismatch, WaConsumerError
-from .gctuning import tune_for_serving
-from .logs import configure_logging
-from .settings import Settings, load_settings
-
-T = TypeVar("T")
-
-app = typer.Typer(
-    help="Deliver outbound WhatsApp messages from RabbitMQ through Meta's Cloud API.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from ..errors import InvalidMessage, SettingsError, WaConsumerError
+from ..gctuning import tune_for_serving
+from ..logs import configure_logging
+from .common import (
+    EXIT_CODES,
+    Exit,
+    connect_broker,
+    exit_code,
+    fail,
+    run_async,
+    run_or_exit,
+    serve,
+    settings_or_exit,
 )
-topology_app = typer.Typer(help="The broker topology (SPEC §2).", no_args_is_help=True)
-app.add_typer(topology_app, name="topology")
-app.add_typer(db_app, name="db")
-app.add_typer(dlq_app, name="dlq")
-app.add_typer(failures_app, name="failures")
-app.add_typer(report_app, name="report")
-app.command("status")(status_command)
 
-DISTRIBUTION = "wa-consumer"  # [project] name in pyproject.toml
+daemon_app = typer.Typer()
+topology_app = typer.Typer(help="The broker topology.", epilog=EXIT_CODES, no_args_is_help=True)
 
 
-def _print_version(wanted: bool) -> None:
-    if not wanted:
-        return
-    try:
-        installed = version(DISTRIBUTION)
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        installed = "unknown"
-    typer.echo(f"wa-consumer {installed}")
-    raise typer.Exit(0)
-
-
-@app.callback()
-def _options(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=_print_version,
-            is_eager=True,
-            help="Print the installed version and exit.",
-        ),
-    ] = False,
-) -> None:
-    pass
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"wa-consumer: {message}", err=True)
-    return typer.Exit(code)
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise fail(f"bad setting {exc}", 2) from None
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it is installed (faster I/O on the hot path)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
-@app.command()
+@daemon_app.command()
 def run() -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
-    from .consumer import Daemon
+    from ..consumer import Daemon
 
     tune_for_serving()
 
@@ -106,28 +52,17 @@ def run() -> None:
     serve(main())
 
 
-def serve(main: Coroutine[Any, Any, int]) -> NoReturn:
-    """Run a server command to its end: its exit code, or one line on what stopped it."""
-    try:
-        code = run_async(main)
-    except TopologyMismatch as exc:
-        raise fail(str(exc), 3) from None
-    except WaConsumerError as exc:
-        raise fail(str(exc), 1) from None
-    raise typer.Exit(code)
-
-
-@app.command()
+@daemon_app.command()
 def webhook() -> None:
-    """Receive Meta's webhooks and queue them for the status consumer (SPEC §13)."""
+    """Receive Meta's webhooks and queue them for the status consumer."""
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
-    from .webhooks.receiver import WebhookReceiver
+    from ..webhooks.receiver import WebhookReceiver
 
     try:
         receiver = WebhookReceiver(settings)  # refuses to run without an app secret
     except SettingsError as exc:
-        raise fail(f"bad setting {exc}", 2) from None
+        raise fail(f"bad setting {exc}", Exit.USAGE) from None
     tune_for_serving()
 
     async def main() -> int:
@@ -146,12 +81,12 @@ def topology_declare(
     With WA_DECLARE_TOPOLOGY=passive it only checks, as --check does.
     """
     settings = settings_or_exit()
-    from .topology import Topology, connect, declare, prepare
+    from ..topology import Topology, declare, prepare
 
     passive = settings.declare_topology == "passive"
 
     async def main() -> None:
-        connection = await connect(settings.amqp_url)
+        connection = await connect_broker(settings.amqp_url)
         topology = Topology.from_settings(settings)
         try:
             if check:
@@ -161,10 +96,7 @@ def topology_declare(
         finally:
             await connection.close()
 
-    try:
-        run_async(main())
-    except WaConsumerError as exc:
-        raise fail(str(exc), 3 if isinstance(exc, TopologyMismatch) else 1) from None
+    run_or_exit(main())
     if check or passive:
         typer.echo("topology is as configured" + ("" if check else " (passive: none declared)"))
     else:
@@ -190,8 +122,8 @@ def topology_export(
     """Write the topology as definitions for `rabbitmqctl import_definitions` or
     the management plugin's load_definitions (brokers where the daemon may not declare)."""
     settings = settings_or_exit()
-    from .definitions import definitions, render, vhost_of
-    from .topology import Topology
+    from ..definitions import definitions, render, vhost_of
+    from ..topology import Topology
 
     defs = definitions(Topology.from_settings(settings), vhost or vhost_of(settings.amqp_url))
     text = render(defs)
@@ -201,7 +133,7 @@ def topology_export(
         output.write_text(text, encoding="utf-8")
 
 
-@app.command()
+@daemon_app.command()
 def publish(
     file: Annotated[
         str | None, typer.Argument(help="A JSON file with the whole message, or - for stdin.")
@@ -236,13 +168,12 @@ def publish(
             }
         )
     else:
-        raise fail("give a JSON file (or - for stdin), or --tenant, --to and --text", 2)
+        raise fail("give a JSON file (or - for stdin), or --tenant, --to and --text", Exit.USAGE)
 
-    from .publisher import Publisher
-    from .topology import connect
+    from ..publisher import Publisher
 
     async def main() -> str:
-        connection = await connect(settings.amqp_url)
+        connection = await connect_broker(settings.amqp_url)
         try:
             publisher = Publisher(
                 connection,
@@ -256,13 +187,13 @@ def publish(
     try:
         sent = run_async(main())
     except InvalidMessage as exc:
-        raise fail(f"invalid message: {exc}", 2) from None
+        raise fail(f"invalid message: {exc}", Exit.USAGE) from None
     except WaConsumerError as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc), exit_code(exc)) from None
     typer.echo(f"published {sent}")
 
 
-@app.command()
+@daemon_app.command()
 def sandbox(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
@@ -314,15 +245,15 @@ def sandbox(
         int | None, typer.Option(help="Statuses per webhook POST (default 1).")
     ] = None,
 ) -> None:
-    """A local stand-in for the Cloud API and the tenant service (SPEC §10).
+    """A local stand-in for the Cloud API and the tenant service.
 
-    With --webhook-url it also sends the status webhooks of what it accepted (SPEC §13);
+    With --webhook-url it also sends the status webhooks of what it accepted;
     the rest of their behaviour is the `webhooks` section of the --config file.
     """
     from pydantic import ValidationError
 
     # Imported here: aiohttp's import would slow every other command down.
-    from .sandbox import DEFAULT_PORT, load_config, run_sandbox
+    from ..sandbox import DEFAULT_PORT, load_config, run_sandbox
 
     try:
         settings = load_config(
@@ -343,11 +274,11 @@ def sandbox(
             webhook_batch=webhook_batch,
         )
     except (OSError, ValidationError, ValueError) as exc:
-        raise fail(f"sandbox: bad configuration: {exc}", 2) from None
+        raise fail(f"sandbox: bad configuration: {exc}", Exit.USAGE) from None
     run_sandbox(host, DEFAULT_PORT if port is None else port, settings)
 
 
-@app.command()
+@daemon_app.command()
 def demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for every message to reach its end.")
@@ -359,10 +290,6 @@ def demo(
 ) -> None:
     """The newcomer's tour: sandbox, daemon and sample traffic on a vhost of its own."""
     settings = settings_or_exit()
-    from .demo import run_demo
+    from ..demo import run_demo
 
     raise typer.Exit(run_demo(settings, timeout=timeout, keep_ledger=keep_ledger, run=run_async))
-
-
-def main() -> None:
-    app()

@@ -1,12 +1,10 @@
-"""The commands that read Meta's delivery statuses from the ledger (SPEC §8, §13):
+"""The commands that read Meta's delivery statuses from the ledger:
 ``failures stats | list | show ID`` and ``report costs``.
 
 A failure here is a message Meta accepted (our send got its 200, so it never reached the
 DLQ) and later reported ``failed`` in a status webhook. ``failures`` takes ``dlq``'s filters
 and groups by ``dlq``'s fingerprints (category + code + masked text), so causes are grouped
-alike before and after acceptance. Like ``cli_ledger``, this module borrows ``cli``'s helpers
-inside each command, never at import time, because ``cli`` imports it while it is itself
-being loaded.
+alike before and after acceptance.
 """
 
 from __future__ import annotations
@@ -15,16 +13,32 @@ from typing import Annotated
 
 import typer
 
-from .cli_dlq import Fingerprints, Json, OlderThan, Since, Tenants, Types, filter_or_exit
+from .common import (
+    EXIT_CODES,
+    Exit,
+    Fingerprints,
+    Json,
+    OlderThan,
+    Since,
+    Tenants,
+    Types,
+    database_url,
+    fail,
+    filter_or_exit,
+    on_ledger,
+)
 
 failures_app = typer.Typer(
     name="failures",
     help="Failures after acceptance: messages Meta accepted, then reported failed in a "
     "status webhook (from the ledger). Filters as in `dlq`: one may be given more than once "
     "(any of the values); different filters must all match.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
 )
-report_app = typer.Typer(name="report", help="Reports from the ledger.", no_args_is_help=True)
+report_app = typer.Typer(
+    name="report", help="Reports from the ledger.", epilog=EXIT_CODES, no_args_is_help=True
+)
 
 Categories = Annotated[
     list[str] | None,
@@ -47,16 +61,15 @@ def stats_command(
     json_: Json = False,
 ) -> None:
     """Counts by category, code, tenant, type and failure fingerprint; the oldest's age."""
-    from .cli_ledger import _database_url, _on_ledger
-    from .dlq.render import print_json
-    from .ledger.deliveries import failure_stats
-    from .render_deliveries import show_failure_stats
+    from ..dlq.render import print_json
+    from ..ledger.deliveries import failure_stats
+    from ..render_deliveries import show_failure_stats
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
-    result = _on_ledger(_database_url(), lambda c: failure_stats(c, selection))
+    result = on_ledger(database_url(), lambda c: failure_stats(c, selection))
     if json_:
         print_json(result.to_json())
     else:
@@ -77,17 +90,16 @@ def list_command(
     json_: Json = False,
 ) -> None:
     """One row per failed wamid, newest first, with Meta's reason."""
-    from .cli_ledger import _database_url, _on_ledger
-    from .dlq.render import print_json
-    from .ledger.deliveries import failure_page
-    from .render_deliveries import show_failure_page
+    from ..dlq.render import print_json
+    from ..ledger.deliveries import failure_page
+    from ..render_deliveries import show_failure_page
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
-    page = _on_ledger(
-        _database_url(), lambda c: failure_page(c, selection, limit=limit, offset=offset)
+    page = on_ledger(
+        database_url(), lambda c: failure_page(c, selection, limit=limit, offset=offset)
     )
     if json_:
         print_json(page.to_json())
@@ -101,15 +113,13 @@ def show_command(
     json_: Json = False,
 ) -> None:
     """Every failed wamid of one message (every tenant's, for a shared internalId)."""
-    from .cli import fail
-    from .cli_ledger import _database_url, _on_ledger
-    from .dlq.render import print_json
-    from .ledger.deliveries import failure_detail
-    from .render_deliveries import show_failure_detail
+    from ..dlq.render import print_json
+    from ..ledger.deliveries import failure_detail
+    from ..render_deliveries import show_failure_detail
 
-    found = _on_ledger(_database_url(), lambda c: failure_detail(c, key))
+    found = on_ledger(database_url(), lambda c: failure_detail(c, key))
     if not found:
-        raise fail(f"no failure after acceptance of {key!r} in the ledger", 1)
+        raise fail(f"no failure after acceptance of {key!r} in the ledger", Exit.FAILED)
     if json_:
         print_json(found)
     else:
@@ -135,18 +145,16 @@ def costs_command(
     The window is on when the ledger first heard of each wamid (its send's result
     or its first status, seconds apart).
     """
-    from .cli import fail
-    from .cli_ledger import _database_url, _on_ledger
-    from .dlq.filters import parse_since
-    from .dlq.render import print_json
-    from .ledger.costs import costs
-    from .render_deliveries import show_costs
+    from ..dlq.filters import parse_since
+    from ..dlq.render import print_json
+    from ..ledger.costs import costs
+    from ..render_deliveries import show_costs
 
     try:
         start = parse_since(since)
     except ValueError as exc:
-        raise fail(f"--since: {exc}", 2) from None
-    report = _on_ledger(_database_url(), lambda c: costs(c, start, tenant))
+        raise fail(f"--since: {exc}", Exit.USAGE) from None
+    report = on_ledger(database_url(), lambda c: costs(c, start, tenant))
     if json_:
         print_json(report.to_json())
     else:

@@ -1,37 +1,45 @@
-"""The DLQ commands: ``dlq stats | list | show ID | replay | purge`` (SPEC §8).
+"""The DLQ commands: ``dlq stats | list | show ID | replay | purge``.
 
-``cli`` mounts ``dlq_app``; ``scripts/replay_dlq.py`` runs ``replay_command`` alone. Like
-``cli_ledger``, this module borrows ``cli``'s helpers inside each command, never at import
-time, because ``cli`` imports it while it is itself being loaded.
+``wa_consumer.cli`` mounts ``dlq_app``; ``scripts/replay_dlq.py`` runs ``replay_command``
+alone. Replay and purge change the queue, so with no filter they refuse unless ``--all``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .errors import WaConsumerError
+from .common import (
+    EXIT_CODES,
+    Exit,
+    Fingerprints,
+    Json,
+    OlderThan,
+    Since,
+    Tenants,
+    Types,
+    fail,
+    filter_or_exit,
+    on_broker,
+    settings_or_exit,
+    show_progress,
+)
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection
 
-    from .dlq import Filter, PassOptions, PurgeSummary, ReplaySummary
-    from .settings import Settings
-
-T = TypeVar("T")
+    from ..dlq import Filter, PassOptions, PurgeSummary, ReplaySummary
+    from ..settings import Settings
 
 dlq_app = typer.Typer(
     name="dlq",
     help="The dead-letter queue: inspect, replay, purge. Filters may be given more than "
     "once (any of the values); different filters must all match.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
 )
 
-Tenants = Annotated[
-    list[str] | None, typer.Option("--tenant", metavar="TENANT", help="metadata.tenantId")
-]
 Categories = Annotated[
     list[str] | None,
     typer.Option("--category", metavar="CATEGORY", help="x-error-category, e.g. permanent"),
@@ -39,66 +47,29 @@ Categories = Annotated[
 Codes = Annotated[
     list[str] | None, typer.Option("--code", metavar="CODE", help="x-error-code, e.g. 131026")
 ]
-Types = Annotated[
-    list[str] | None, typer.Option("--type", metavar="TYPE", help="wabaPayload.type, e.g. text")
-]
-Fingerprints = Annotated[
-    list[str] | None,
-    typer.Option("--fingerprint", metavar="FP", help="Failure fingerprint (a prefix will do)."),
-]
-Since = Annotated[
-    str | None,
-    typer.Option("--since", metavar="WHEN", help="Failed at or after: 2h, 7d or an ISO time."),
-]
-OlderThan = Annotated[
-    str | None, typer.Option("--older-than", metavar="AGE", help="Failed before: 30d, 12h...")
-]
 Ids = Annotated[
     list[str] | None,
     typer.Option("--id", metavar="INTERNAL_ID", help="One message (internalId or message_id)."),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def filter_or_exit(**values: Any) -> Filter:
-    """The filters given, or the command ends with one line saying which one is wrong."""
-    from .cli import fail
-    from .dlq import Filter
-
-    try:
-        return Filter.of(**values)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-
-
-def _settings() -> Settings:
-    from .cli import settings_or_exit
-
-    return settings_or_exit()
+All = Annotated[
+    bool, typer.Option("--all", help="Every message in the DLQ: needed when no filter is given.")
+]
 
 
 def _options(settings: Settings) -> PassOptions:
-    from .dlq import PassOptions
+    from ..dlq import PassOptions
 
     return PassOptions.for_queue_type(settings.queue_type)
 
 
-def _on_broker(settings: Settings, work: Callable[[AbstractConnection], Awaitable[T]]) -> T:
-    """Run ``work`` on a connection of its own; any failure ends the command with one line."""
-    from .cli import fail, run_async
-    from .topology import connect
-
-    async def main() -> T:
-        connection = await connect(settings.amqp_url)
-        try:
-            return await work(connection)
-        finally:
-            await connection.close()
-
-    try:
-        return run_async(main())
-    except WaConsumerError as exc:
-        raise fail(str(exc), 1) from None
+def _all_or_exit(selection: Filter, every: bool, command: str) -> None:
+    """A command that changes the queue acts on all of it only when asked in so many words."""
+    if selection.empty and not every:
+        raise fail(
+            f"{command} with no filter would act on every message: pass a filter "
+            "(--category, --code, --id...) or --all",
+            Exit.USAGE,
+        )
 
 
 @dlq_app.command("stats")
@@ -113,17 +84,17 @@ def stats_command(
     json_: Json = False,
 ) -> None:
     """Counts by category, code, tenant, type and failure fingerprint; the oldest's age."""
-    from .dlq import stats
-    from .dlq.render import print_json, progress_bar, show_stats
+    from ..dlq import stats
+    from ..dlq.render import print_json, progress_bar, show_stats
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
-    settings = _settings()
+    settings = settings_or_exit()
     opts = _options(settings)
     with progress_bar(not json_, "reading the DLQ") as progress:
-        result = _on_broker(
+        result = on_broker(
             settings,
             lambda c: stats(
                 c, settings.dead_letter_queue, selection, options=opts, progress=progress
@@ -149,17 +120,17 @@ def list_command(
     json_: Json = False,
 ) -> None:
     """The dead messages with their reasons, in queue order."""
-    from .dlq import list_page
-    from .dlq.render import print_json, progress_bar, show_page
+    from ..dlq import list_page
+    from ..dlq.render import print_json, progress_bar, show_page
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
-    settings = _settings()
+    settings = settings_or_exit()
     queue, opts = settings.dead_letter_queue, _options(settings)
     with progress_bar(not json_, "reading the DLQ") as progress:
-        page = _on_broker(
+        page = on_broker(
             settings,
             lambda c: list_page(
                 c, queue, selection, limit=limit, offset=offset, options=opts, progress=progress
@@ -177,14 +148,13 @@ def show_command(
     json_: Json = False,
 ) -> None:
     """One dead message: its reason, headers and body."""
-    from .cli import fail
-    from .dlq import show
-    from .dlq.render import print_json, progress_bar, show_detail
+    from ..dlq import show
+    from ..dlq.render import print_json, progress_bar, show_detail
 
-    settings = _settings()
+    settings = settings_or_exit()
     opts = _options(settings)
     with progress_bar(not json_, "looking for it") as progress:
-        found, copies = _on_broker(
+        found, copies = on_broker(
             settings,
             lambda c: show(
                 c, settings.dead_letter_queue, internal_id, options=opts, progress=progress
@@ -217,17 +187,24 @@ def replay_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Change nothing; say what would happen.")
     ] = False,
+    every: All = False,
     json_: Json = False,
 ) -> None:
-    """Move matching dead messages back to the main queue (confirmed before the DLQ ack)."""
-    from .dlq import open_ledger, replay
-    from .dlq.render import print_json, progress_bar, show_replay
+    """Move matching dead messages back to the main queue (confirmed before the DLQ ack).
+
+    With no filter it refuses unless --all (a dry run needs neither). Progress goes to
+    stderr: a bar on a terminal, else a line every 1,000 messages or 2 s.
+    """
+    from ..dlq import open_ledger, replay
+    from ..dlq.render import print_json, show_replay
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than, ids=id_,
     )  # fmt: skip
-    settings = _settings()
+    if not dry_run:
+        _all_or_exit(selection, every, "replay")
+    settings = settings_or_exit()
 
     async def work(connection: AbstractConnection) -> ReplaySummary:
         async with open_ledger(settings.database_url) as ledger:
@@ -245,8 +222,8 @@ def replay_command(
                 progress=progress,
             )
 
-    with progress_bar(not json_, "replaying") as progress:
-        summary = _on_broker(settings, work)
+    with show_progress("replaying", bar=not json_) as progress:
+        summary = on_broker(settings, work)
     if json_:
         print_json(summary.to_json())
     else:
@@ -271,36 +248,50 @@ def purge_command(
         typer.Option(metavar="TEXT", help="Recorded in the ledger as how each was resolved."),
     ] = "purged from the dead-letter queue",
     yes: Annotated[bool, typer.Option("--yes", help="Really delete them.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be purged; touch nothing.")
+    ] = False,
+    every: All = False,
     json_: Json = False,
 ) -> None:
-    """Delete matching dead messages for good (--yes required)."""
-    from .cli import fail
-    from .dlq import open_ledger, purge
-    from .dlq.render import print_json, progress_bar, show_purge
+    """Delete matching dead messages for good (--yes required, or --dry-run to count them).
+
+    With no filter it refuses unless --all (a dry run needs neither). Progress goes to
+    stderr: a bar on a terminal, else a line every 1,000 messages or 2 s.
+    """
+    from ..dlq import NoLedger, open_ledger, purge
+    from ..dlq.render import print_json, show_purge
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than, ids=id_,
     )  # fmt: skip
-    if not yes:
-        raise fail(
-            "purge deletes messages for good: add --yes (see them first with `dlq list` "
-            "and the same filters)",
-            2,
-        )
+    if not dry_run:
+        _all_or_exit(selection, every, "purge")
+        if not yes:
+            raise fail(
+                "purge deletes messages for good: add --yes (see them first with "
+                "--dry-run, or `dlq list` and the same filters)",
+                Exit.USAGE,
+            )
     if not reason.strip():
-        raise fail("--reason must not be empty", 2)
-    settings = _settings()
+        raise fail("--reason must not be empty", Exit.USAGE)
+    settings = settings_or_exit()
 
     async def work(connection: AbstractConnection) -> PurgeSummary:
+        if dry_run:  # nothing is recorded: no need to reach the ledger
+            return await purge(
+                connection, settings.dead_letter_queue, selection, NoLedger(), reason,
+                dry_run=True, options=_options(settings), progress=progress,
+            )  # fmt: skip
         async with open_ledger(settings.database_url) as ledger:
             return await purge(
                 connection, settings.dead_letter_queue, selection, ledger, reason,
                 options=_options(settings), progress=progress,
             )  # fmt: skip
 
-    with progress_bar(not json_, "purging") as progress:
-        summary = _on_broker(settings, work)
+    with show_progress("purging", bar=not json_) as progress:
+        summary = on_broker(settings, work)
     if json_:
         print_json(summary.to_json())
     else:
