@@ -123,7 +123,7 @@ class Startup:
             reraise=True,
         )
         try:
-            with _quiet_transport_errors():
+            with quiet_transport_errors():
                 async for attempt in retrying:
                     with attempt:
                         return await self._attempt(connect)
@@ -189,7 +189,8 @@ class _NoTransportErrors(logging.Filter):
 
 
 @contextmanager
-def _quiet_transport_errors() -> Iterator[None]:
+def quiet_transport_errors() -> Iterator[None]:
+    """aiormq's own line for a failed connect muted: the caller says it once, in its words."""
     logger, quiet = logging.getLogger("aiormq.connection"), _NoTransportErrors()
     logger.addFilter(quiet)
     try:

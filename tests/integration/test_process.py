@@ -211,3 +211,15 @@ async def test_no_token_appears_in_logs_or_dead_letter_headers(vhost, sandbox) -
     assert '"outcome":"sent"' in text  # the log was captured
     for token in (old, sandbox.state.token("acme")):
         assert token not in text
+
+
+async def test_an_unreachable_broker_is_one_line_of_ours(vhost, sandbox) -> None:
+    """No raw line of the AMQP library before ours, and the exit code says unreachable."""
+    settings = make_settings("amqp://guest:guest@127.0.0.1:1/", sandbox.url)
+    for args in (("topology", "declare"), ("dlq", "stats")):
+        code, out, err = await run_cli(settings, *args)
+        assert code == 4, (args, err)
+        assert err.strip().splitlines() == [
+            "wa-consumer: cannot connect to RabbitMQ: [Errno 111] Connection refused"
+        ], (args, err, out)
+        assert "error when creating transport" not in out

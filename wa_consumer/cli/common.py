@@ -28,7 +28,7 @@ from ..errors import (
     WaConsumerError,
 )
 from ..settings import Settings, load_settings, masked
-from ..startup import transient
+from ..startup import quiet_transport_errors, transient
 
 if TYPE_CHECKING:
     import asyncpg
@@ -114,9 +114,10 @@ async def connect_broker(url: str) -> AbstractConnection:
     import aiormq
 
     try:
-        return await aio_pika.connect(url, timeout=_BROKER_TIMEOUT)
+        with quiet_transport_errors():  # ours is the one line
+            return await aio_pika.connect(url, timeout=_BROKER_TIMEOUT)
     except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
-        raise Unreachable(f"cannot connect to RabbitMQ: {exc}") from None
+        raise Unreachable(f"cannot connect to RabbitMQ: {masked(str(exc))}") from None
 
 
 def on_broker(settings: Settings, work: Callable[[AbstractConnection], Awaitable[T]]) -> T:
