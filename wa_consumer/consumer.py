@@ -38,6 +38,7 @@ from .settings import Settings
 from .settle import Settler
 from .startup import Startup, StartupStopped, connect_broker
 from .topology import Topology, prepare
+from .tracing import build as build_tracer
 from .webhooks.consumer import StatusConsumer
 from .webhooks.observe import StatusMetrics
 
@@ -104,6 +105,7 @@ class Daemon:
         self._pause_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         self.alerts = Alerter.from_settings(settings, self.metrics)
+        self.tracer = build_tracer(settings.otel_enabled)  # NullTracer unless WA_OTEL_ENABLED
         self.metrics_port: int | None = None  # bound port of /metrics, /healthz, /readyz
         self._connection: AbstractRobustConnection | None = None
         self._ledger_reachable = True  # the last ping's answer
@@ -166,6 +168,7 @@ class Daemon:
                 limiter=self._limiter or own_limiter,
                 observer=Fanout(self.metrics, self.alerts),
                 on_ledger_down=self._ledger_down,
+                tracer=self.tracer,
             )
             await consume_channel.declare_queue(s.queue, passive=True)  # there, or fail now
             self._channel = consume_channel

@@ -23,6 +23,7 @@ class Context:
         "on_the_wire",
         "phone_number_id",
         "tenant_id",
+        "trace_id",
         "type",
     )
 
@@ -37,6 +38,7 @@ class Context:
         self.attempts: list[Attempt] = []
         self.phone_number_id: str | None = None  # the number the send goes from, once resolved
         self.fbtrace_id: str | None = None  # Meta's trace id of the last error answer, if any
+        self.trace_id: str | None = None  # the delivery span's trace (tracing on), for the log
 
     def bind(self, message: Outbound) -> None:
         self.tenant_id = message.tenant_id

@@ -14,6 +14,7 @@ Both ``pipeline`` and ``settle`` import this module; it imports nothing of their
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ FAILED_AT: Final = "x-failed-at"
 ORIGINAL_KEY: Final = "x-original-routing-key"
 TENANT: Final = "x-tenant-id"
 DROPPED: Final = "x-dropped-headers"
+# W3C trace context a producer may set (the publisher injects it; wa_consumer/tracing.py).
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 # The broker's: quorum queues count deliveries themselves.
 QUORUM_DELIVERIES: Final = "x-delivery-count"
 # The broker's own dead-letter bookkeeping, dropped from every copy we publish, or
@@ -49,6 +53,9 @@ MAX_COUNT: Final = 1_000_000
 MAX_CARRIED_BYTES: Final = 16 * 1024
 #: Bound on a text header we write (tenant, routing key): the rest is cut.
 MAX_TEXT_BYTES: Final = 512
+
+#: Bound on a ``tracestate`` we pass on (W3C: at most 32 members; 512 is what it asks to keep).
+MAX_TRACESTATE_BYTES: Final = 512
 
 _UNENCODABLE = (TypeError, ValueError, OverflowError, struct.error, UnicodeError, RecursionError)
 
@@ -117,6 +124,38 @@ def count_or_zero(headers: Mapping[str, Any] | None, name: str) -> int:
         return count(headers, name)
     except BadHeader:
         return 0
+
+
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_context(headers: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The W3C trace context a delivery carries, as a carrier for a propagator; None when
+    there is none or its ``traceparent`` is malformed (a bad one is ignored, never an error).
+
+    Only version ``00`` of ``traceparent`` (55 characters) is read; ``tracestate`` is passed on
+    when it is short ASCII text, and dropped otherwise.
+    """
+    if not headers:
+        return None
+    parent = _short_ascii(headers.get(TRACEPARENT), 55)
+    if parent is None or _TRACEPARENT.fullmatch(parent) is None:
+        return None
+    carrier = {TRACEPARENT: parent}
+    state = _short_ascii(headers.get(TRACESTATE), MAX_TRACESTATE_BYTES)
+    if state is not None:
+        carrier[TRACESTATE] = state
+    return carrier
+
+
+def _short_ascii(value: object, limit: int) -> str | None:
+    if isinstance(value, bytes | bytearray):
+        if len(value) > limit:
+            return None
+        value = bytes(value).decode("ascii", "replace")
+    if not isinstance(value, str) or len(value) > limit or not value.isascii():
+        return None
+    return value
 
 
 def moment(value: object) -> datetime | None:

@@ -31,13 +31,14 @@ from .context import Context, attempt_of, record_of
 from .credentials import CredentialCache, Credentials, resolve_number
 from .delivery import Delivery
 from .errors import CredentialError, GraphError, InvalidMessage, LedgerUnavailable
-from .graph import GraphClient
+from .graph import GraphClient, SendResult
 from .logs import get_logger
 from .message import Outbound, parse
 from .metrics import NullObserver, Observer
 from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
 from .report import log_outcome, short_name
 from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter, Settling
+from .tracing import NullTracer, Tracer
 
 log = get_logger("pipeline")
 
@@ -72,6 +73,7 @@ class Pipeline:
         limiter: Limiter | None = None,
         observer: Observer | None = None,
         on_ledger_down: Callable[[], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.policy = policy
         self.credentials = credentials
@@ -80,6 +82,7 @@ class Pipeline:
         self.ledger: Ledger = ledger or NullLedger()
         self.limiter: Limiter = limiter or NullLimiter()
         self.observer: Observer = observer or NullObserver()
+        self.tracer: Tracer = tracer or NullTracer()
         self._on_ledger_down = on_ledger_down or (lambda: None)
         self._stopping = False  # paused or stopping: what has not reached the claim goes back
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -144,6 +147,16 @@ class Pipeline:
         """Decide, record, settle; survives anything one message does."""
         started = time.perf_counter()
         ctx = Context()
+        with self.tracer.delivery(delivery.headers) as span:
+            ctx.trace_id = span.trace_id
+            short = await self._handle(delivery, ctx, started)
+            span.set("wa.tenant_id", ctx.tenant_id)
+            span.set("wa.internal_id", ctx.internal_id)
+            span.set("wa.type", ctx.type)
+            span.set("wa.attempt", ctx.attempt)
+            span.set("wa.outcome", short)
+
+    async def _handle(self, delivery: Delivery, ctx: Context, started: float) -> str:
         task = asyncio.current_task()
         # Only a task that has started may be cut by ``drain``: one cut before its first step
         # would never reach its try, and never be settled. Unstarted ones hand back by
@@ -172,13 +185,16 @@ class Pipeline:
         self.counts[short] += 1
         self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
         log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
+        return short
 
     async def _record(self, ctx: Context, outcome: Outcome, copied: bool) -> None:
         """The ledger's write, between the copy's confirm and the ack (see ``settle``)."""
         if ctx.claimed is None:
             return
         try:
-            await self.ledger.finish(ctx.claimed, record_of(outcome, ctx, copied), ctx.attempts)
+            with self.tracer.child("wa.ledger.finish"):
+                record = record_of(outcome, ctx, copied)
+                await self.ledger.finish(ctx.claimed, record, ctx.attempts)
         except Exception:  # a Ledger must not raise here; if one does, settle all the same
             log.exception("ledger_finish_raised", internal_id=ctx.internal_id)
 
@@ -215,8 +231,9 @@ class Pipeline:
 
         # credentials
         try:
-            creds = await self.credentials.get(message.tenant_id)
-            number = resolve_number(creds, message.tenant_id, message.phone_number_id)
+            with self.tracer.child("wa.credentials"):
+                creds = await self.credentials.get(message.tenant_id)
+                number = resolve_number(creds, message.tenant_id, message.phone_number_id)
         except CredentialError as exc:
             return self._credential_failure(ctx, exc)
         ctx.phone_number_id = number
@@ -232,7 +249,9 @@ class Pipeline:
         if self._stopping:
             return HandBack()
         try:
-            claim = await self.ledger.claim(message, counts.replays)
+            with self.tracer.child("wa.ledger.claim") as span:
+                claim = await self.ledger.claim(message, counts.replays)
+                span.set("wa.claim", claim.value)
         except LedgerUnavailable:
             self._on_ledger_down()
             return HandBack()
@@ -269,7 +288,7 @@ class Pipeline:
             started = time.perf_counter()
             ctx.on_the_wire = True
             try:
-                result = await self.graph.send(number, creds.access_token, message.payload)
+                result = await self._call(number, creds.access_token, message.payload)
             except GraphError as err:
                 ctx.on_the_wire = False
                 ctx.latency_ms = (time.perf_counter() - started) * 1000
@@ -290,7 +309,8 @@ class Pipeline:
                     refreshed = True
                     self.credentials.invalidate(message.tenant_id, creds)
                     try:
-                        creds = await self.credentials.get(message.tenant_id)
+                        with self.tracer.child("wa.credentials"):
+                            creds = await self.credentials.get(message.tenant_id)
                     except CredentialError as exc:
                         return self._credential_failure(ctx, exc)
                     continue
@@ -310,6 +330,19 @@ class Pipeline:
             )
             self.limiter.sent(number, message.to)
             return Delivered(result.wamid)
+
+    async def _call(self, number: str, token: str, payload: bytes) -> SendResult:
+        """One Cloud API request, as the ``wa.graph.send`` span."""
+        with self.tracer.child("wa.graph.send") as span:
+            span.set("wa.phone_number_id", number)
+            try:
+                result = await self.graph.send(number, token, payload)
+            except GraphError as err:
+                span.set("http.response.status_code", err.status)
+                span.set("wa.meta.code", err.code_text)
+                raise
+            span.set("http.response.status_code", result.status)
+            return result
 
     def _cut_off(self, ctx: Context, why: str, code: str) -> Outcome:
         """The send did not end normally. Before the wire: back to the queue, nothing happened.

@@ -39,6 +39,10 @@ confirm is awaited. Errors::
                         daemon sends one internalId once
 
 ``publish_many`` raises none of these: it returns a ``PublishResult`` per message.
+
+When the publishing process uses OpenTelemetry and a span is current, its W3C
+``traceparent`` (and ``tracestate``) go into the message's headers, unless the caller set its
+own: the daemon's ``wa.deliver`` span (``WA_OTEL_ENABLED``) continues that trace.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from . import tracing
 from .builders import MediaKind, media_message, template_message, text_message
 from .errors import InvalidMessage, WaConsumerError
 from .message import Outbound, OutboundMessage, parse
@@ -397,7 +402,7 @@ class Publisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=internal_id,
             timestamp=datetime.now(UTC),
-            headers=headers or {},
+            headers=tracing.inject(headers or {}),  # the caller's trace, when it has one
         )
         try:
             # One deadline for all of it: a robust connection waits to reconnect unbounded.

@@ -24,6 +24,8 @@ def log_outcome(ctx: Context, outcome: Outcome, short: str, settled: str, total_
         fields["phone_number_id"] = ctx.phone_number_id
     if ctx.fbtrace_id is not None:
         fields["fbtrace_id"] = ctx.fbtrace_id  # Meta's trace id: what its support asks for
+    if ctx.trace_id is not None:
+        fields["trace_id"] = ctx.trace_id  # OpenTelemetry's: the producer's trace, when it sent one
     failure = getattr(outcome, "failure", None)
     if failure is None:
         if isinstance(outcome, Delivered) and outcome.wamid:

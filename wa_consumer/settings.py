@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     alert_queue_age_seconds: float = Field(default=300.0, ge=0)  # main queue head; 0: off
     alert_dedup_seconds: float = Field(default=600.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # OpenTelemetry spans per delivery (the ``otel`` extra; exporters from OTEL_* variables)
+    otel_enabled: bool = False
     log_format: Literal["json", "console"] = "json"
 
     @field_validator("log_level", mode="before")
