@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .dlq.render import age, console, counts_table, show_groups, when
+from .dlq.render import age, console, show_breakdown, when
 from .ledger.costs import CostReport, Counts
 from .ledger.deliveries import FailurePage, FailureStats
 
@@ -45,17 +45,7 @@ def show_failure_stats(stats: FailureStats) -> None:
                 f"({when(oldest['failed_at'])} UTC, {who})"
             )
         )
-    if not stats.matched:
-        return
-    out.print()
-    tables = [
-        counts_table("by category", stats.by_category),
-        counts_table("by code", stats.by_code),
-        counts_table("by tenant", stats.by_tenant),
-        counts_table("by type", stats.by_type),
-    ]
-    out.print(Columns(tables, padding=(0, 4)))
-    show_groups(out, stats.ranked_groups(), more=bool(stats.other_groups))
+    show_breakdown(out, stats)
 
 
 def show_failure_page(page: FailurePage, out: Console | None = None) -> None:

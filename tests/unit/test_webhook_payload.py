@@ -208,3 +208,9 @@ def test_values_of_other_fields_are_counted_and_messages_carry_their_ids() -> No
     assert found.ignored == 1
     [inbound] = found.inbound
     assert (inbound.waba_id, inbound.first_id) == ("4195", "wamid.IN")
+
+
+@pytest.mark.parametrize("code", [2**62, -1, True, "131026", 1.5])
+def test_a_code_that_is_no_meta_code_is_unknown(code: Any) -> None:
+    [update] = read(webhook(status("wamid.F", "failed", errors=[{"code": code}]))).statuses
+    assert (update.error_code, update.error_category) == ("unknown", "permanent")

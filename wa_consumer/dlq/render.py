@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from rich import box
@@ -111,6 +111,24 @@ def show_stats(stats: Stats) -> None:
                 f"({when(oldest.failed_at)} UTC, {oldest.internal_id or '-'})"
             )
         )
+    show_breakdown(out, stats)
+
+
+class Breakdown(Protocol):
+    """What ``dlq stats`` and ``failures stats`` count alike."""
+
+    matched: int
+    by_category: Counter[str]
+    by_code: Counter[str]
+    by_tenant: Counter[str]
+    by_type: Counter[str]
+    other_groups: int
+
+    def ranked_groups(self) -> list[Group]: ...
+
+
+def show_breakdown(out: Console, stats: Breakdown) -> None:
+    """The counts by category, code, tenant and type, then the failure fingerprints."""
     if not stats.matched:
         return
     out.print()

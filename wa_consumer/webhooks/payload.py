@@ -174,13 +174,17 @@ def _error(errors: object) -> dict[str, Any]:
     if not isinstance(first, dict):
         return {"error_category": Category.PERMANENT.value, "error_code": "unknown"}
     code = first.get("code")
-    known = BY_CODE.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
+    # A Meta code is a small whole number; anything else (a bool, 10**100) is no code: the
+    # code becomes a metric label and a ledger value, so it is bounded here.
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < 10**9:
+        code = None
+    known = BY_CODE.get(code) if code is not None else None
     data = first.get("error_data")
     details = _text(data.get("details"), _MAX_TEXT) if isinstance(data, dict) else None
     message = _text(first.get("message"), _MAX_TEXT)
     # A failure after acceptance is never retried by Meta: an unknown code is permanent.
     return {
-        "error_code": str(code) if isinstance(code, int) else "unknown",
+        "error_code": str(code) if code is not None else "unknown",
         "error_category": (known or Category.PERMANENT).value,
         "error_title": _text(first.get("title"), _MAX_TEXT),
         "error_message": details if details else message,
