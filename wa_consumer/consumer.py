@@ -10,7 +10,9 @@ channel. It consumes below aio-pika's queue API, on the channel's aiormq channel
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -23,6 +25,8 @@ from aio_pika.abc import (
 from aiormq.abc import DeliveredMessage
 
 from .alerts import Alerter
+from .controls.gate import TenantGate
+from .controls.observe import ControlMetrics
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
 from .delivery import Delivery
 from .graph import GraphClient, make_session
@@ -33,7 +37,7 @@ from .logs import get_logger
 from .metrics import Fanout, Metrics
 from .pipeline import Pipeline, Policy
 from .probe import QueueProbe, watched_queues
-from .seams import Ledger, Limiter, NullLedger
+from .seams import Gate, Ledger, Limiter, NullGate, NullLedger
 from .settings import Settings
 from .settle import Settler
 from .startup import Startup, StartupStopped, connect_broker
@@ -139,6 +143,7 @@ class Daemon:
         http = HealthServer(self.metrics.registry, self.readiness)
         probe: asyncio.Task[None] | None = None
         own_limiter = build_limiter(s) if self._limiter is None else None
+        gate: Gate = NullGate()
         try:
             if s.metrics_port:  # 0: no HTTP server
                 self.metrics_port = await http.start(s.metrics_host, s.metrics_port)
@@ -159,6 +164,15 @@ class Daemon:
                 dead_routing_key=s.dead_routing_key,
                 error_text_bytes=s.error_text_bytes,
             )
+            if s.database_url:  # tenant controls live in the ledger's database
+                gate = TenantGate(
+                    s,
+                    connection,
+                    me=f"{socket.gethostname()}:{os.getpid()}",
+                    metrics=ControlMetrics(self.metrics.registry),
+                    alerts=self.alerts,
+                )
+                await gate.start()  # the pauses in force hold from the first message
             self.pipeline = pipeline = Pipeline(
                 policy=build_policy(s, self.topology),
                 credentials=build_credentials(s, session, self.metrics.credential),
@@ -169,6 +183,7 @@ class Daemon:
                 observer=Fanout(self.metrics, self.alerts),
                 on_ledger_down=self._ledger_down,
                 tracer=self.tracer,
+                gate=gate,
             )
             await consume_channel.declare_queue(s.queue, passive=True)  # there, or fail now
             self._channel = consume_channel
@@ -190,6 +205,7 @@ class Daemon:
             if probe is not None:
                 probe.cancel()
                 await asyncio.wait([probe], timeout=5)
+            await gate.close()
             await self.alerts.close(grace=min(5.0, s.shutdown_grace_seconds))
             await http.close()
             await session.close()

@@ -37,6 +37,9 @@ FAILED_AT: Final = "x-failed-at"
 ORIGINAL_KEY: Final = "x-original-routing-key"
 TENANT: Final = "x-tenant-id"
 DROPPED: Final = "x-dropped-headers"
+# A message released from a held queue by a drain or a breaker's probe: the generation of
+# the pause it may pass (wa_consumer/controls).
+HELD_RELEASE: Final = "x-held-release"
 # W3C trace context a producer may set (the publisher injects it; wa_consumer/tracing.py).
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
@@ -124,6 +127,14 @@ def count_or_zero(headers: Mapping[str, Any] | None, name: str) -> int:
         return count(headers, name)
     except BadHeader:
         return 0
+
+
+def held_release(headers: Mapping[str, Any] | None) -> int | None:
+    """The pause generation a released message may pass; anything else reads as None."""
+    value = (headers or {}).get(HELD_RELEASE)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
+        return value
+    return None
 
 
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")

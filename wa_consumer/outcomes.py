@@ -46,6 +46,13 @@ class Dead:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """Its tenant or number is paused: to its held queue, not sent, not dead (SPEC §14)."""
+
+    queue: str
+
+
+@dataclass(frozen=True, slots=True)
 class HandBack:
     """Not started (shutdown): back to the queue, not a failure."""
 
@@ -57,4 +64,4 @@ class Recount:
     deliveries: int
 
 
-Outcome: TypeAlias = Delivered | Duplicate | Retry | Dead | HandBack | Recount
+Outcome: TypeAlias = Delivered | Duplicate | Retry | Dead | Held | HandBack | Recount

@@ -1,4 +1,4 @@
-"""A message's life: validate -> limit -> claim -> send -> classify -> settle.
+"""A message's life: validate -> hold -> limit -> claim -> send -> classify -> settle.
 
 ``Pipeline.receive`` takes each delivery in order and runs ``handle`` in a task of the
 pipeline's own (not the channel's: a channel that closes must not cancel a send on the
@@ -35,9 +35,29 @@ from .graph import GraphClient, SendResult
 from .logs import get_logger
 from .message import Outbound, parse
 from .metrics import NullObserver, Observer
-from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
+from .outcomes import (
+    Dead,
+    Delivered,
+    Duplicate,
+    Failure,
+    HandBack,
+    Held,
+    Outcome,
+    Recount,
+    Retry,
+)
 from .report import log_outcome, short_name
-from .seams import Attempt, Claim, Ledger, Limiter, NullLedger, NullLimiter, Settling
+from .seams import (
+    Attempt,
+    Claim,
+    Gate,
+    Ledger,
+    Limiter,
+    NullGate,
+    NullLedger,
+    NullLimiter,
+    Settling,
+)
 from .tracing import NullTracer, Tracer
 
 log = get_logger("pipeline")
@@ -74,6 +94,7 @@ class Pipeline:
         observer: Observer | None = None,
         on_ledger_down: Callable[[], None] | None = None,
         tracer: Tracer | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.policy = policy
         self.credentials = credentials
@@ -83,6 +104,7 @@ class Pipeline:
         self.limiter: Limiter = limiter or NullLimiter()
         self.observer: Observer = observer or NullObserver()
         self.tracer: Tracer = tracer or NullTracer()
+        self.gate: Gate = gate or NullGate()
         self._on_ledger_down = on_ledger_down or (lambda: None)
         self._stopping = False  # paused or stopping: what has not reached the claim goes back
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -184,6 +206,7 @@ class Pipeline:
         short = short_name(outcome)
         self.counts[short] += 1
         self.observer.outcome(outcome, short, ctx.type, ctx.tenant_id)
+        self.gate.settled(ctx.tenant_id, ctx.phone_number_id, outcome)
         log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
         return short
 
@@ -229,6 +252,11 @@ class Pipeline:
         if expired := self._expired(message, delivery, counts.first_failed_at):
             return Dead(Failure(Category.EXPIRED, Category.EXPIRED, expired))
 
+        # hold: a paused tenant's messages wait in its held queue, before any call
+        release = headers.held_release(delivery.headers)
+        if (held := self.gate.held(message.tenant_id, None, release)) is not None:
+            return Held(held)
+
         # credentials
         try:
             with self.tracer.child("wa.credentials"):
@@ -237,6 +265,8 @@ class Pipeline:
         except CredentialError as exc:
             return self._credential_failure(ctx, exc)
         ctx.phone_number_id = number
+        if (held := self.gate.held(message.tenant_id, number, release)) is not None:
+            return Held(held)
 
         # limit
         if not await self.limiter.acquire(number, message.to):

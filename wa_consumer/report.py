@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .context import Context
 from .logs import get_logger
-from .outcomes import Dead, Delivered, Duplicate, Outcome, Recount, Retry
+from .outcomes import Dead, Delivered, Duplicate, Held, Outcome, Recount, Retry
 
 log = get_logger("pipeline")
 
@@ -50,6 +50,8 @@ def short_name(outcome: Outcome) -> str:
         return "retry" if outcome.counts else "wait"
     if isinstance(outcome, Dead):
         return "dead"
+    if isinstance(outcome, Held):
+        return "held"
     if isinstance(outcome, Recount):
         return "recount"
     return "handed_back"

@@ -162,6 +162,43 @@ class NullLedger:
         return None
 
 
+class Gate(Protocol):
+    """Tenant and number controls (SPEC §14): pauses, holds and the breaker."""
+
+    def held(self, tenant_id: str, number: str | None, release: int | None) -> str | None:
+        """The held queue of a paused tenant (``number`` None) or number, or None to go on.
+
+        ``release``: the pause generation a drained or probing message was released for.
+        """
+        ...
+
+    def settled(self, tenant_id: str | None, number: str | None, outcome: Outcome) -> None:
+        """Once per delivery after its settle: what the breaker counts."""
+        ...
+
+    async def start(self) -> None:
+        """Read the pauses in force before the first message, and begin polling them."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NullGate:
+    """No controls (no ledger): nothing is ever held."""
+
+    def held(self, tenant_id: str, number: str | None, release: int | None) -> str | None:
+        return None
+
+    def settled(self, tenant_id: str | None, number: str | None, outcome: Outcome) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 class NullLimiter:
     """No limits: every send goes at once."""
 

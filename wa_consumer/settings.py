@@ -30,6 +30,9 @@ _SECRET_SETTINGS: Final = frozenset(
         "WA_WEBHOOK_VERIFY_TOKEN",
         "WA_WEBHOOK_APP_SECRET",
         "WA_WEBHOOK_APP_SECRETS",
+        "WA_CONSOLE_USERS",
+        "WA_CONSOLE_API_TOKENS",
+        "WA_CONSOLE_SECRET",
     }
 )
 #: A key of a static credential entry whose value is a secret (``accessToken``).
@@ -37,6 +40,10 @@ _SECRET_KEY: Final = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 #: A query parameter naming a secret (asyncpg and redis take ``?password=``): its value.
 _SECRET_QUERY: Final = re.compile(
     r"(?i)([?&;][^=&#;\s]*(?:pass|secret|token|key)[^=&#;\s]*=)[^&#;\s]*"
+)
+#: A console password hash, as ``wa-consumer console hash-password`` prints it.
+_PASSWORD_HASH: Final = re.compile(
+    r"scrypt\$\d{1,8}\$\d{1,3}\$\d{1,3}\$[A-Za-z0-9+/=]{8,}\$[A-Za-z0-9+/=]{16,}"
 )
 #: ``scheme://user:password@`` anywhere in a line of text: the password.
 _USERINFO: Final = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
@@ -131,6 +138,14 @@ class Settings(BaseSettings):
     throttle_requeue_seconds: float = Field(default=1.0, ge=0)  # its wait queue; 0: 1st step
     pair_min_interval_seconds: float = Field(default=0.0, ge=0)  # per recipient; 0: off
 
+    # Tenant controls (SPEC §14; with the ledger): pauses, held queues, the breaker
+    controls_poll_seconds: float = Field(default=2.0, ge=0.1, le=60)  # replicas read pauses
+    held_queue_prefix: str = Field(default="outbound-held", min_length=1, max_length=64)
+    # Consecutive account-level failures (account, auth, tenant_suspended) that pause a
+    # tenant or number by themselves; 0: no breaker
+    breaker_threshold: int = Field(default=5, ge=0, le=100_000)
+    breaker_probe_seconds: float = Field(default=300.0, gt=0)  # then one probe message
+
     # Delivery statuses (SPEC §13): the webhook receiver, and the status consumer in ``run``
     webhook_host: str = "0.0.0.0"
     webhook_port: int = Field(default=8090, ge=0, le=65535)
@@ -172,6 +187,19 @@ class Settings(BaseSettings):
     # OpenTelemetry spans per delivery (the ``otel`` extra; exporters from OTEL_* variables)
     otel_enabled: bool = False
     log_format: Literal["json", "console"] = "json"
+
+    # Console (``wa-consumer console``): the web page and JSON API for failures and tenants
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8091, ge=0, le=65535)
+    # {"<user>": "scrypt$n$r$p$salt$hash"}, made by `wa-consumer console hash-password`
+    console_users: dict[str, SecretStr] = Field(default_factory=dict)
+    # {"<name>": "<token>"}: bearer tokens for /api/*; the name is the actor in the audit trail
+    console_api_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    # Signs session cookies; unset: a random one per process (sessions end at a restart)
+    console_secret: SecretStr | None = None
+    console_secure_cookie: bool = False  # the Secure flag: set it when served over HTTPS
+    console_replay_rate: float = Field(default=5.0, gt=0, le=10_000)  # a group replay, msgs/s
+    console_canary: int = Field(default=10, ge=1, le=1000)  # replayed first, then asked
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -263,6 +291,40 @@ class Settings(BaseSettings):
             for key in ("accessToken", "phoneNumberId"):
                 if not isinstance(entry.get(key), str) or not entry[key]:
                     raise ValueError(f"tenant {tenant!r} needs a non-empty {key!r}")
+        return value
+
+    # Console: a malformed password hash, a short token or secret stops start-up.
+    @field_validator("console_users")
+    @classmethod
+    def _console_users(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for user, hashed in value.items():
+            if not user or not user.isprintable() or len(user) > 64:
+                raise ValueError("a user name must be 1 to 64 printable characters")
+            if not _PASSWORD_HASH.fullmatch(hashed.get_secret_value()):
+                raise ValueError(
+                    f"the hash of {user!r} is not scrypt$N$r$p$salt$hash "
+                    "(make one with `wa-consumer console hash-password`)"
+                )
+        return value
+
+    @field_validator("console_api_tokens")
+    @classmethod
+    def _console_tokens(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in value.items():
+            if not name or not name.isprintable() or len(name) > 64:
+                raise ValueError("a token's name must be 1 to 64 printable characters")
+            if len(token.get_secret_value()) < 24:
+                raise ValueError(f"the token {name!r} is shorter than 24 characters")
+        return value
+
+    @field_validator("console_secret", mode="before")
+    @classmethod
+    def _console_secret(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text == "":
+            return None  # WA_CONSOLE_SECRET= (empty): a random one per process
+        if isinstance(text, str) and len(text) < 32:
+            raise ValueError("must be at least 32 characters")
         return value
 
     @property

@@ -24,7 +24,17 @@ from . import headers as h
 from .acks import AckCoalescer
 from .delivery import Delivery
 from .logs import get_logger
-from .outcomes import Dead, Delivered, Duplicate, Failure, HandBack, Outcome, Recount, Retry
+from .outcomes import (
+    Dead,
+    Delivered,
+    Duplicate,
+    Failure,
+    HandBack,
+    Held,
+    Outcome,
+    Recount,
+    Retry,
+)
 
 log = get_logger("settle")
 
@@ -50,6 +60,7 @@ class Settled(StrEnum):
 
     ACKED = "acked"
     RETRIED = "retried"
+    HELD = "held"  # in its paused tenant's held queue (SPEC §14)
     DEAD = "dead"
     DEAD_BY_BROKER = "dead_by_broker"  # DLQ copy unconfirmed: nack(requeue=False)
     HANDED_BACK = "handed_back"  # a confirmed copy waits at the tail of the main queue
@@ -121,9 +132,12 @@ class Settler:
         # A death is dead-lettered by the queue's own arguments, unless the broker could not
         # take its headers: then it waits its turn again, like a retry.
         dead = moved is Settled.DEAD and h.broker_can_dead_letter(delivery.headers)
-        if not dead and (published is _Published.UNAVAILABLE or moved is Settled.DEAD):
-            # The publishing channel is away (a broker cut, a reconnect), or a death goes back:
-            # a requeue now would come straight back and fail again. Hold it a moment instead.
+        if not dead and (
+            published is _Published.UNAVAILABLE or moved in (Settled.DEAD, Settled.HELD)
+        ):
+            # The publishing channel is away (a broker cut, a reconnect), a death goes back, or
+            # a held queue is gone (its pause just ended): a requeue now would come straight
+            # back and fail again. Hold it a moment instead.
             await asyncio.sleep(self._requeue_backoff)
         settled = Settled.DEAD_BY_BROKER if dead else Settled.REQUEUED
         return self._nack(delivery, requeue=not dead, settled=settled)
@@ -140,6 +154,10 @@ class Settler:
             if isinstance(outcome, Recount):
                 headers[h.DELIVERIES] = outcome.deliveries
             return default, self._main_queue, self._message(delivery, headers), Settled.HANDED_BACK
+        if isinstance(outcome, Held):
+            # Unchanged: a held message is no failure, and comes back as it was published.
+            copy = self._message(delivery, h.carry(delivery.headers))
+            return default, outcome.queue, copy, Settled.HELD
         if isinstance(outcome, Retry):
             copy = self._copy(delivery, outcome.failure, tenant_id, retry=outcome.counts)
             return default, outcome.queue, copy, Settled.RETRIED

@@ -8,6 +8,7 @@ the event loop, connections) and never another::
     dlq          dlq stats | list | show | replay | purge
     ledger       db migrate | prune; status
     deliveries   failures stats | list | show; report costs
+    tenant       tenant pause | resume | drain | status
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .daemon import daemon_app, topology_app
 from .deliveries import failures_app, report_app
 from .dlq import dlq_app
 from .ledger import db_app, status_command
+from .tenant import tenant_app
 
 __all__ = [
     "DISTRIBUTION",
@@ -51,6 +53,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(failures_app, name="failures")
 app.add_typer(report_app, name="report")
+app.add_typer(tenant_app, name="tenant")
 
 
 def _print_version(wanted: bool) -> None:
