@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -168,7 +169,7 @@ class Daemon:
                 gate = TenantGate(
                     s,
                     connection,
-                    me=f"{socket.gethostname()}:{os.getpid()}",
+                    me=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                     metrics=ControlMetrics(self.metrics.registry),
                     alerts=self.alerts,
                 )

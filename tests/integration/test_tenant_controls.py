@@ -112,6 +112,42 @@ async def test_paused_tenant_is_held_without_spinning_and_sent_once_after_resume
     assert await db.fetchval("SELECT count(*) FROM wa_holds") == 0  # held queue gone
 
 
+def rate(sends: list[dict[str, Any]]) -> float:
+    """Sends per second on the sandbox's clock."""
+    return (len(sends) - 1) / (sends[-1]["at"] - sends[0]["at"])
+
+
+async def test_other_tenants_keep_their_rate_while_a_paused_tenant_floods(
+    vhost: str, sandbox: Any, database: str, db: asyncpg.Connection[Any]
+) -> None:
+    settings = settings_for(vhost, sandbox, database, number_rates={G: 40}, prefetch=200)
+    async with running(settings), broker_for(settings) as broker:
+        controls = TenantControls(settings, db, broker.connection)
+        # Baseline: globex alone.
+        await publish_all(broker, [text_message("globex", f"2783000{i:04d}") for i in range(60)])
+        await wait_for(lambda: _ge(len(sent_from(sandbox, G)), 60), timeout=20)
+        alone = rate(sent_from(sandbox, G))
+
+        # acme paused and flooding: 600 of its messages among 60 of globex's.
+        await controls.pause("acme", None, reason="flood", actor="erin")
+        await asyncio.sleep(0.5)
+        acme = [text_message("acme", f"2783100{i:04d}") for i in range(600)]
+        globex = [text_message("globex", f"2783200{i:04d}") for i in range(60)]
+        await asyncio.gather(publish_all(broker, acme), publish_all(broker, globex))
+        await wait_for(lambda: _ge(len(sent_from(sandbox, G)), 120), timeout=30)
+        beside = rate(sent_from(sandbox, G)[60:])
+        await wait_for(lambda: _eq(held(broker, controls, "acme"), 600), timeout=30)
+        assert sent_from(sandbox, A) == []  # 0 sent while paused
+        print(f"globex alone {alone:.1f}/s, beside a paused flood {beside:.1f}/s")
+        assert beside >= 0.8 * alone, (alone, beside)
+
+        await controls.resume("acme", None, reason="ok", actor="erin")
+        await wait_for(lambda: _ge(len(sent_from(sandbox, A)), 600), timeout=60)
+    counts = sent_to(sandbox)
+    assert len(counts) == 720
+    assert set(counts.values()) == {1}  # all sent once after the resume
+
+
 async def test_pause_survives_a_restart_and_reaches_every_replica(
     vhost: str, sandbox: Any, database: str, db: asyncpg.Connection[Any]
 ) -> None:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+from wa_consumer.controls import Pause
+from wa_consumer.controls.observe import ControlMetrics
 from wa_consumer.metrics import MAX_TENANTS, Fanout, Metrics, NullObserver
 from wa_consumer.outcomes import Dead, Delivered, Duplicate, Failure, Retry
 from wa_consumer.probe import entered_at
@@ -112,6 +114,11 @@ def test_the_deploy_dashboard_and_rules_use_only_metrics_the_daemon_exports() ->
     statuses = StatusMetrics(m.registry)
     statuses.failed.labels("account", "131048")
     receiver = ReceiverMetrics(lambda: True)
+    controls = ControlMetrics(m.registry)
+    now = datetime.now(UTC)
+    pause = Pause("acme", "1065", "paused", "breaker: 5 consecutive account failures",
+                  "breaker", True, now, 7, now)  # fmt: skip
+    controls.watch(lambda: [(pause, "outbound-held.acme:1065.7")], lambda: None)
     exported = {
         s.name
         for registry in (m.registry, receiver.registry)
