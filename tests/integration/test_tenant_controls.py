@@ -17,6 +17,7 @@ from wa_consumer.ledger.migrate import migrate
 from wa_consumer.settings import Settings
 
 from .harness import Broker, broker_for, make_settings, running, text_message, wait_for
+from .proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -288,3 +289,72 @@ async def _breaker_open(controls: TenantControls, tenant: str) -> bool:
 
 async def _no_pause(controls: TenantControls, tenant: str) -> bool:
     return all(s.mode == "active" for s in await controls.states(tenant))
+
+
+async def test_a_release_cut_by_broker_outages_loses_and_doubles_nothing(
+    vhost: str, sandbox: Any, database: str, db: asyncpg.Connection[Any]
+) -> None:
+    proxy = await TcpProxy.before(vhost, "rabbitmq").start()
+    settings = settings_for(vhost, sandbox, database, number_rates={A: 100})
+    through_proxy = settings.model_copy(update={"amqp_url": proxy.route(vhost)})
+    recipients = [f"2783300{i:04d}" for i in range(300)]
+    try:
+        async with running(through_proxy), broker_for(settings) as broker:
+            controls = TenantControls(settings, db, broker.connection)
+            await controls.pause("acme", None, reason="outage drill", actor="frank")
+            await asyncio.sleep(0.5)
+            await publish_all(broker, [text_message("acme", to) for to in recipients])
+            await wait_for(lambda: _eq(held(broker, controls, "acme"), 300), timeout=30)
+            await controls.resume("acme", None, reason="go", actor="frank")
+            # Cut the daemon's broker connection twice while it moves the held messages.
+            for at in (50, 150):
+                await wait_for(lambda n=at: _ge(len(sent_from(sandbox, A)), n), timeout=30)
+                await proxy.outage(0.5)
+            await wait_for(lambda: _ge(len(set(sent_to(sandbox))), 300), timeout=60)
+            await wait_for(lambda: _eq(held(broker, controls, "acme"), 0), timeout=30)
+            assert await broker.count(settings.queue) == 0
+            assert await broker.count(settings.dead_letter_queue) == 0
+    finally:
+        await proxy.close()
+    counts = sent_to(sandbox)
+    assert set(counts) == set(recipients)
+    assert set(counts.values()) == {1}  # each sent once, the cuts notwithstanding
+
+
+async def test_the_tenant_commands_pause_show_and_resume(
+    vhost: str, sandbox: Any, database: str, db: asyncpg.Connection[Any]
+) -> None:
+    import json
+    import os
+    import sys
+
+    settings = settings_for(vhost, sandbox, database)
+    env = {**os.environ, "WA_DATABASE_URL": database, "WA_AMQP_URL": vhost,
+           "WA_HELD_QUEUE_PREFIX": settings.held_queue_prefix}  # fmt: skip
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wa_consumer", "tenant", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, _ = await cli("pause", "initech", "--number", "108760582410700",
+                             "--reason", "number flagged", "--actor", "grace")  # fmt: skip
+    assert code == 0, out
+    assert out.startswith("initech:108760582410700: paused since ")
+    assert "by grace: number flagged" in out
+    code, out, _ = await cli("status", "initech", "--json")
+    [state] = json.loads(out)
+    assert (state["number"], state["mode"], state["held"]) == ("108760582410700", "paused", 0)
+    code, out, _ = await cli("resume", "initech", "--number", "108760582410700")
+    assert (code, out.strip()) == (0, "initech:108760582410700: active, 0 held")
+    code, out, _ = await cli("status", "initech")
+    assert (code, out.strip()) == (0, "initech: active")
+    code, _, err = await cli("pause", "initech", "--number", "12ab")
+    assert code == 2
+    assert "phone number id is digits only" in err
+    actions = await recent_actions(db, 5, "initech")
+    assert [a.action for a in actions][:2] == ["resume", "pause"]
+    assert actions[1].actor == "grace"

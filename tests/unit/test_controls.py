@@ -91,3 +91,13 @@ def test_a_pause_names_its_target_for_the_audit_trail() -> None:
     pause = Pause("acme", A, "paused", "x", "alice", False, None, 3, now)
     assert pause.target == f"acme:{A}"
     assert Pause("acme", None, "paused", "x", "alice", False, None, 3, now).target == "acme"
+
+
+def test_a_held_queue_goes_back_after_a_resume_or_a_newer_drain_only() -> None:
+    from wa_consumer.controls.store import Hold
+
+    assert Hold("q", "acme", None, 3, None).releasable  # resumed
+    assert Hold("q", "acme", None, 3, 5, "draining").releasable  # a drain after its pause
+    assert not Hold("q", "acme", None, 5, 5, "draining").releasable  # the drain's own queue
+    # Paused again after a resume: what is still held waits for this pause's resume.
+    assert not Hold("q", "acme", None, 3, 5, "paused").releasable

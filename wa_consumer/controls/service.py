@@ -153,9 +153,9 @@ class TenantControls:
         paused = {p.key for p in pauses}
         for key in dict.fromkeys((x.tenant_id, x.number) for x in holds if x.releasable):
             if key not in paused:
-                states.append(
-                    TenantState(key[0], key[1], "active", held=await self._held(holds, key))
-                )
+                held = await self._held(holds, key)
+                if held != 0:  # an empty one is only waiting for a daemon to delete it
+                    states.append(TenantState(key[0], key[1], "active", held=held))
         return states
 
     async def _declare(self, queue: str) -> None:

@@ -69,7 +69,8 @@ INSERT INTO wa_holds (queue, tenant_id, number, generation) VALUES ($1, $2, $3, 
 ON CONFLICT (queue) DO NOTHING
 """
 _HOLDS = """
-SELECT h.queue, h.tenant_id, h.number, h.generation, p.generation AS paused_generation
+SELECT h.queue, h.tenant_id, h.number, h.generation, p.generation AS paused_generation,
+    p.mode AS paused_mode
 FROM wa_holds h
 LEFT JOIN wa_pauses p ON p.tenant_id = h.tenant_id AND p.number = h.number
 WHERE $1::text IS NULL OR h.tenant_id = $1
@@ -111,10 +112,15 @@ class Hold:
     number: str | None
     generation: int
     paused_generation: int | None  # the pause now in force, if any
+    paused_mode: str | None = None
 
     @property
     def releasable(self) -> bool:
-        return self.paused_generation is None or self.paused_generation > self.generation
+        """No pause is in force, or a drain newer than this queue's pause. A queue left
+        from before a later plain pause waits for that pause's resume."""
+        if self.paused_generation is None:
+            return True
+        return self.paused_mode == "draining" and self.paused_generation > self.generation
 
 
 def target_of(tenant_id: str, number: str | None) -> str:
@@ -225,6 +231,7 @@ class PauseStore:
                 number=row["number"] or None,
                 generation=row["generation"],
                 paused_generation=row["paused_generation"],
+                paused_mode=row["paused_mode"],
             )
             for row in await self._db.fetch(_HOLDS, tenant_id)
         ]
