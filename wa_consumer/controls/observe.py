@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class ControlMetrics(Collector):
-    """``wa_paused`` (one series per pause), ``wa_held_total``, ``wa_released_total``,
+    """``wa_paused`` (one series per pause), ``wa_held_total``, ``wa_released_messages_total``,
     ``wa_breaker_trips_total``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -54,7 +54,7 @@ class ControlMetrics(Collector):
             paused.add_metric([pause.tenant_id, pause.number or "", by], 1.0)
         yield paused
         releaser = self._releaser()
-        released = GaugeMetricFamily(
+        released = CounterMetricFamily(
             "wa_released_messages",
             "Held messages this replica moved back to the main queue since it started.",
         )
