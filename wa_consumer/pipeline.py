@@ -19,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 from . import headers
 from .categories import Category
 from .classify import classify, retry_delay, rule_for, wait_queue_for
 from .context import Context, attempt_of, record_of
 from .credentials import CredentialCache, Credentials, resolve_number
+from .deaths import death_of
 from .delivery import Delivery
 from .errors import CredentialError, GraphError, InvalidMessage, LedgerUnavailable
 from .graph import GraphClient, SendResult
@@ -199,7 +201,7 @@ class Pipeline:
                 failure = Failure(Category.TRANSIENT, "internal_error", _describe(exc))
                 outcome = self._retry_or_dead(ctx, failure)
         self._waiting.discard(task)
-        record = partial(self._record, ctx, outcome)
+        record = partial(self._record, ctx, outcome, delivery)
         settled = await self.settler.settle(
             delivery, outcome, tenant_id=ctx.tenant_id, record=record
         )
@@ -210,14 +212,34 @@ class Pipeline:
         log_outcome(ctx, outcome, short, settled, (time.perf_counter() - started) * 1000)
         return short
 
-    async def _record(self, ctx: Context, outcome: Outcome, copied: bool) -> None:
-        """The ledger's write, between the copy's confirm and the ack (see ``settle``)."""
-        if ctx.claimed is None:
+    async def _record(
+        self,
+        ctx: Context,
+        outcome: Outcome,
+        delivery: Delivery,
+        copied: bool,
+        copy_headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The ledger's write, between the copy's confirm and the ack (see ``settle``): the
+        claimed message's result, and every death whose copy reaches the DLQ, claimed or not."""
+        claimed = ctx.claimed
+        if claimed is None and not isinstance(outcome, Dead):
             return
         try:
             with self.tracer.child("wa.ledger.finish"):
-                record = record_of(outcome, ctx, copied)
-                await self.ledger.finish(ctx.claimed, record, ctx.attempts)
+                death = None
+                if isinstance(outcome, Dead):
+                    limit = self.policy.max_message_bytes
+                    death = death_of(ctx, outcome, delivery, copied, copy_headers, limit)
+                if claimed is None:
+                    if death is not None:
+                        await self.ledger.dead(death)
+                    return
+                finish = self.ledger.finish(claimed, record_of(outcome, ctx, copied), ctx.attempts)
+                if death is None:
+                    await finish
+                else:  # both bounded by the ledger's wait, side by side
+                    await asyncio.gather(finish, self.ledger.dead(death))
         except Exception:  # a Ledger must not raise here; if one does, settle all the same
             log.exception("ledger_finish_raised", internal_id=ctx.internal_id)
 

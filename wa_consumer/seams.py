@@ -6,11 +6,11 @@ the pipeline calls the seam and never asks whether the feature exists.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .delivery import Delivery
 from .message import Outbound
@@ -65,12 +65,34 @@ class Record:
     next_in: float | None = None  # seconds until it comes back from a wait queue
 
 
+@dataclass(frozen=True, slots=True)
+class Death:
+    """A death whose copy went to the DLQ, for the ledger's mirror of the DLQ (``wa_dead``).
+
+    ``failure`` is the reason as the copy states it (its ``x-error-*`` headers), ``headers``
+    what the copy carries (never a token: the settler's copy holds none), ``body`` the
+    original's, cut at the maximum message size (``body_bytes`` its size before).
+    """
+
+    failure: Failure
+    body: bytes
+    body_bytes: int
+    headers: Mapping[str, Any]
+    tenant_id: str | None = None
+    internal_id: str | None = None
+    type: str | None = None
+    phone_number_id: str | None = None
+    routing_key: str | None = None
+    claimed: bool = False  # its ledger record was claimed: it lives one life at a time
+
+
 class Ledger(Protocol):
     """Claims a message before its send and records its outcome before its ack.
 
     ``claim`` raises ``LedgerUnavailable`` only for an infrastructure fault (consuming then
-    pauses); a row the database refuses is that message's ``Claim.REFUSED``. ``finish`` never
-    raises: a result that cannot be written now is kept and written when the database is back.
+    pauses); a row the database refuses is that message's ``Claim.REFUSED``. ``finish`` and
+    ``dead`` never raise: what cannot be written now is kept and written when the database is
+    back.
     """
 
     counts_deliveries: bool  # True: the ledger bounds crash loops (no header counting)
@@ -91,6 +113,10 @@ class Ledger(Protocol):
     async def finish(
         self, message: Outbound, record: Record, attempts: Sequence[Attempt]
     ) -> None: ...
+
+    async def dead(self, death: Death) -> None:
+        """A death whose copy went to the DLQ, claimed or not (an invalid body, expired...)."""
+        ...
 
     def recorded_failure(self, message: Outbound) -> Failure | None:
         """Why a message its claim found ``DYING`` died."""
@@ -147,6 +173,9 @@ class NullLedger:
         return Claim.CLAIMED
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
+        return None
+
+    async def dead(self, death: Death) -> None:
         return None
 
     def recorded_failure(self, message: Outbound) -> Failure | None:
@@ -212,6 +241,15 @@ class NullLimiter:
         return None
 
 
+class RecordOutcome(Protocol):
+    """``record(copied, headers)``: the ledger's write, after the copy's publish and before
+    the ack. ``copied``: the copy was confirmed; ``headers``: the copy's (None: no copy)."""
+
+    def __call__(
+        self, copied: bool, headers: Mapping[str, Any] | None = None, /
+    ) -> Awaitable[None]: ...
+
+
 class Settling(Protocol):
     """Carries out outcomes at the broker (``settle.Settler``; a fake one in tests)."""
 
@@ -225,11 +263,11 @@ class Settling(Protocol):
         outcome: Outcome,
         *,
         tenant_id: str | None,
-        record: Callable[[bool], Awaitable[None]],
+        record: RecordOutcome,
     ) -> str:
         """Carry out ``outcome``; never raises for a broker failure. Returns what happened.
 
-        Awaits ``record(copied)`` once, after the copy's publish and before the ack.
+        Awaits ``record(copied, headers)`` once, after the copy's publish and before the ack.
         """
         ...
 

@@ -10,7 +10,6 @@ requeue), a death whose copy was not confirmed is dead-lettered by the broker it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Any
@@ -35,12 +34,12 @@ from .outcomes import (
     Recount,
     Retry,
 )
+from .seams import RecordOutcome
 
 log = get_logger("settle")
 
-
-#: ``record(copied)``: the ledger's write, between the copy's confirm and the ack.
-Record = Callable[[bool], Awaitable[None]]
+#: ``record(copied, headers)``: the ledger's write, between the copy's publish and the ack.
+Record = RecordOutcome
 
 
 class _Published(Enum):
@@ -112,8 +111,9 @@ class Settler:
     ) -> Settled:
         """Carry out ``outcome``; never raises (the broker keeps what was not acked).
 
-        ``record(copied)`` is awaited once, after the copy's publish (``copied``: confirmed)
-        and before the ack: the ledger then knows whether a dead message's copy is in the DLQ.
+        ``record(copied, headers)`` is awaited once, after the copy's publish (``copied``:
+        confirmed; ``headers``: the copy's) and before the ack: the ledger then knows whether a
+        dead message's copy is in the DLQ, and what it carries.
         """
         if isinstance(outcome, Delivered | Duplicate):
             await record(True)
@@ -126,7 +126,7 @@ class Settler:
             await asyncio.sleep(self._requeue_backoff)  # not straight back into the same fault
             return self._nack(delivery, requeue=True, settled=Settled.FAILED)
         published = await self._publish(exchange, key, copy)
-        await record(published is _Published.CONFIRMED)
+        await record(published is _Published.CONFIRMED, copy.headers)
         if published is _Published.CONFIRMED:
             return self._ack(delivery, moved)
         # A death is dead-lettered by the queue's own arguments, unless the broker could not

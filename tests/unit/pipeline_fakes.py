@@ -23,7 +23,7 @@ from wa_consumer.graph import SendResult
 from wa_consumer.message import MAX_MESSAGE_BYTES, Outbound
 from wa_consumer.outcomes import Failure, Outcome
 from wa_consumer.pipeline import Pipeline, Policy
-from wa_consumer.seams import Attempt, Claim, Record
+from wa_consumer.seams import Attempt, Claim, Death, Record
 
 TENANT = "acme"
 NUMBER = "106540352242922"
@@ -166,6 +166,7 @@ class FakeLedger:
         self.replays: list[int] = []
         self.failure: Failure | None = None
         self.finishes: list[tuple[Outbound, Record, list[Attempt]]] = []
+        self.deaths: list[Death] = []
 
     async def start(self) -> None:
         return None
@@ -179,6 +180,9 @@ class FakeLedger:
 
     async def finish(self, message: Outbound, record: Record, attempts: Sequence[Attempt]) -> None:
         self.finishes.append((message, record, list(attempts)))
+
+    async def dead(self, death: Death) -> None:
+        self.deaths.append(death)
 
     def recorded_failure(self, message: Outbound) -> Failure | None:
         return self.failure

@@ -225,7 +225,7 @@ async def settle(outcome: Any, answer: Any) -> tuple[Settled, Channel, Exchange,
     s.delivered(delivery)  # type: ignore[arg-type]
     recorded: list[bool] = []
 
-    async def record(copied: bool) -> None:
+    async def record(copied: bool, headers: Any = None) -> None:
         recorded.append(copied)
 
     settled = await s.settle(delivery, outcome, tenant_id="acme", record=record)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 ``wa_consumer.cli`` mounts ``dlq_app``; ``scripts/replay_dlq.py`` runs ``replay_command``
 alone. Replay and purge change the queue, so with no filter they refuse unless ``--all``.
+With the ledger on (``WA_DATABASE_URL``), ``stats``, ``list`` and ``show`` read its mirror of
+the DLQ and leave the queue alone (``dlq.mirror``); ``--from-queue`` makes a pass instead.
 """
 
 from __future__ import annotations
@@ -19,17 +21,23 @@ from .common import (
     Since,
     Tenants,
     Types,
+    connect_broker,
     fail,
     filter_or_exit,
     on_broker,
+    on_ledger,
     settings_or_exit,
     show_progress,
 )
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    import asyncpg
     from aio_pika.abc import AbstractConnection
 
     from ..dlq import Filter, PassOptions, PurgeSummary, ReplaySummary
+    from ..dlq.mirror import LedgerStats
     from ..settings import Settings
 
 dlq_app = typer.Typer(
@@ -54,12 +62,24 @@ Ids = Annotated[
 All = Annotated[
     bool, typer.Option("--all", help="Every message in the DLQ: needed when no filter is given.")
 ]
+FromQueue = Annotated[
+    bool,
+    typer.Option(
+        "--from-queue",
+        help="Read the queue itself (a pass over every message) even when the ledger is on.",
+    ),
+]
 
 
 def _options(settings: Settings) -> PassOptions:
     from ..dlq import PassOptions
 
     return PassOptions.for_queue_type(settings.queue_type)
+
+
+def _ledger(settings: Settings, from_queue: bool) -> str | None:
+    """The ledger to read the DLQ's mirror from, or None for a pass over the queue."""
+    return None if from_queue else settings.database_url
 
 
 def _all_or_exit(selection: Filter, every: bool, command: str) -> None:
@@ -81,17 +101,28 @@ def stats_command(
     fingerprint: Fingerprints = None,
     since: Since = None,
     older_than: OlderThan = None,
+    from_queue: FromQueue = False,
     json_: Json = False,
 ) -> None:
-    """Counts by category, code, tenant, type and failure fingerprint; the oldest's age."""
+    """Counts by category, code, tenant, type and failure fingerprint; the oldest's age.
+
+    With the ledger on, from its record of the DLQ (and the queue's depth now beside it).
+    """
     from ..dlq import stats
-    from ..dlq.render import print_json, progress_bar, show_stats
+    from ..dlq.render import print_json, progress_bar, show_ledger_stats, show_stats
 
     selection = filter_or_exit(
         tenants=tenant, categories=category, codes=code, types=type_,
         fingerprints=fingerprint, since=since, older_than=older_than,
     )  # fmt: skip
     settings = settings_or_exit()
+    if url := _ledger(settings, from_queue):
+        found = on_ledger(url, lambda db: _ledger_stats(settings, db, selection))
+        if json_:
+            print_json(found.to_json())
+        else:
+            show_ledger_stats(found)
+        return
     opts = _options(settings)
     with progress_bar(not json_, "reading the DLQ") as progress:
         result = on_broker(
@@ -106,6 +137,25 @@ def stats_command(
         show_stats(result)
 
 
+async def _ledger_stats(
+    settings: Settings, db: asyncpg.Connection[Any], selection: Filter
+) -> LedgerStats:
+    from ..dlq import mirror
+    from ..errors import Unreachable
+
+    depth = None
+    try:
+        connection = await connect_broker(settings.amqp_url)
+    except Unreachable:
+        pass  # the counts are the ledger's; the depth is said to be unknown
+    else:
+        try:
+            depth = await mirror.queue_depth(connection, settings.dead_letter_queue)
+        finally:
+            await connection.close()
+    return await mirror.stats(db, settings.dead_letter_queue, selection, depth)
+
+
 @dlq_app.command("list")
 def list_command(
     tenant: Tenants = None,
@@ -117,10 +167,12 @@ def list_command(
     older_than: OlderThan = None,
     limit: Annotated[int, typer.Option(min=1, help="Messages to show.")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="Matching messages to skip first.")] = 0,
+    from_queue: FromQueue = False,
     json_: Json = False,
 ) -> None:
-    """The dead messages with their reasons, in queue order."""
-    from ..dlq import list_page
+    """The dead messages with their reasons: newest first from the ledger, when it is on;
+    in queue order from the queue."""
+    from ..dlq import list_page, mirror
     from ..dlq.render import print_json, progress_bar, show_page
 
     selection = filter_or_exit(
@@ -129,6 +181,15 @@ def list_command(
     )  # fmt: skip
     settings = settings_or_exit()
     queue, opts = settings.dead_letter_queue, _options(settings)
+    if url := _ledger(settings, from_queue):
+        page = on_ledger(
+            url, lambda db: mirror.list_page(db, queue, selection, limit=limit, offset=offset)
+        )
+        if json_:
+            print_json(page.to_json())
+        else:
+            show_page(page)
+        return
     with progress_bar(not json_, "reading the DLQ") as progress:
         page = on_broker(
             settings,
@@ -145,13 +206,27 @@ def list_command(
 @dlq_app.command("show")
 def show_command(
     internal_id: Annotated[str, typer.Argument(help="metadata.internalId (or message_id).")],
+    from_queue: FromQueue = False,
     json_: Json = False,
 ) -> None:
-    """One dead message: its reason, headers and body."""
-    from ..dlq import show
+    """One dead message: its reason, headers and body (and, from the ledger, its attempts)."""
+    from ..dlq import mirror, show
     from ..dlq.render import print_json, progress_bar, show_detail
 
     settings = settings_or_exit()
+    if url := _ledger(settings, from_queue):
+        found, copies = on_ledger(url, lambda db: mirror.show(db, internal_id))
+        if found is None:
+            raise fail(
+                f"no dead message {internal_id!r} in the ledger "
+                "(--from-queue looks in the queue itself)",
+                1,
+            )
+        if json_:
+            print_json({**found, "copies": copies})
+        else:
+            show_detail(found, copies)
+        return
     opts = _options(settings)
     with progress_bar(not json_, "looking for it") as progress:
         found, copies = on_broker(

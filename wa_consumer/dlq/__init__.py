@@ -1,10 +1,12 @@
 """Operator tools for the dead-letter queue (SPEC §8): stats, list, show, replay, purge.
 
-Every command is one pass over the queue (``sweep.DeadLetterPass``): the messages it counted
-at the start are received once, in order, with a bounded prefetch; each is kept (a copy to
-the tail of the queue), moved (replay) or dropped (purge), and acked only after its copy is
-confirmed. The queue comes out in the order it went in, and memory does not grow with its
-length. The module docstring of ``sweep`` gives the reasoning.
+With the ledger on, stats, list and show read its mirror of the DLQ (``mirror``, the table
+``wa_dead`` the daemon writes at each death) and never touch the queue. Otherwise, and for
+replay and purge, a command is one pass over the queue (``sweep.DeadLetterPass``): the
+messages it counted at the start are received once, in order, with a bounded prefetch; each
+is kept (a copy to the tail of the queue), moved (replay) or dropped (purge), and acked only
+after its copy is confirmed. The queue comes out in the order it went in, and memory does not
+grow with its length. The module docstring of ``sweep`` gives the reasoning.
 
     record    one dead message as operators see it; the failure fingerprint
     filters   which messages a command applies to
@@ -12,6 +14,7 @@ length. The module docstring of ``sweep`` gives the reasoning.
     inspect   stats, list, show (keep every message)
     replay    replay and purge
     ledger    what the commands ask of the ledger (sent? record a resolution)
+    mirror    stats, list, show from the ledger's mirror of the DLQ
     render    tables for people
 """
 

@@ -33,6 +33,10 @@ class Group:
     sample: str
     count: int = 0
     tenants: set[str] = field(default_factory=set)
+    tenant_count: int | None = None  # distinct tenants, when ``tenants`` holds only the top few
+
+    def distinct_tenants(self) -> int:
+        return len(self.tenants) if self.tenant_count is None else self.tenant_count
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,7 +44,7 @@ class Group:
             "category": self.category,
             "code": self.code,
             "count": self.count,
-            "tenants": len(self.tenants),
+            "tenants": self.distinct_tenants(),
             "pattern": self.pattern,
             "sample": self.sample,
         }
@@ -99,6 +103,7 @@ class Stats:
     def to_json(self) -> dict[str, Any]:
         oldest = self.oldest
         return {
+            "source": "queue",
             "queue": self.queue,
             "messages": self.report.seen,
             "matched": self.matched,
@@ -165,15 +170,23 @@ class Page:
     report: PassReport = field(default_factory=PassReport)
     matched: int = 0
     records: list[DeadRecord] = field(default_factory=list)
+    # "queue": a pass, in queue order; "ledger": the ledger's mirror, newest first (each
+    # record's ``position`` is then its place in this listing, and ``ids`` its row ids).
+    source: str = "queue"
+    ids: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        records = [r.to_json() for r in self.records]
+        for record, dead_id in zip(records, self.ids, strict=False):
+            record["id"] = dead_id
         return {
+            "source": self.source,
             "queue": self.queue,
             "messages": self.report.seen,
             "matched": self.matched,
             "offset": self.offset,
             "limit": self.limit,
-            "records": [r.to_json() for r in self.records],
+            "records": records,
         }
 
 

@@ -14,14 +14,21 @@ cannot be read, the two questions are answered each on the safe side:
   whose id another tenant happens to have sent (the operator can see and replay it by hand).
 - ``resolve``: an unknown tenant matches nothing. A purge reason is never written onto
   another tenant's record; such a message is counted as removed, not as resolved.
+
+The ledger also mirrors the DLQ (``wa_dead``, one row per death): ``settle_dead`` takes a
+replayed or purged message's row out of state ``dead``, so that reads from the ledger keep
+agreeing with the queue. Its rows are keyed as the daemon wrote them: the tenant of the
+copy's ``x-tenant-id`` (the body's otherwise; None matches the rows that named none), the
+internalId, and the fingerprint when the message carries the daemon's reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
+from .. import headers as h
 from ..errors import LedgerUnavailable
 from ..ledger.queries import resolve
 from .record import DeadRecord
@@ -52,6 +59,22 @@ def ledger_key(record: DeadRecord) -> Key:
     return (record.ledger_tenant, record.internal_id or "")
 
 
+DeadKey: TypeAlias = tuple[str | None, str, str | None]
+"""(tenant_id, internal_id, fingerprint) of a message's row in the DLQ's mirror (``wa_dead``)."""
+
+
+def dead_key(record: DeadRecord, headers: Mapping[str, Any] | None) -> DeadKey:
+    """The row of the DLQ's mirror that stands for this message (see the module docstring)."""
+    headers = headers or {}
+    tenant = headers.get(h.TENANT)
+    ours = h.ERROR_CATEGORY in headers  # the daemon's reason, not the broker's
+    return (
+        tenant if isinstance(tenant, str) and tenant else record.ledger_tenant,
+        record.internal_id or "",
+        record.fingerprint if ours else None,
+    )
+
+
 class DlqLedger(Protocol):
     async def sent(self, keys: Sequence[Key]) -> set[Key]:
         """Which of these keys the ledger records as sent (None: under any tenant)."""
@@ -64,6 +87,11 @@ class DlqLedger(Protocol):
         """
         ...
 
+    async def settle_dead(self, keys: Sequence[DeadKey], state: str, note: str | None) -> int:
+        """Take these messages' rows in the DLQ's mirror out of state ``dead`` (``replayed``,
+        ``resolved``); returns rows changed."""
+        ...
+
 
 class NoLedger:
     """No database configured: nothing is known to be sent, nothing is recorded."""
@@ -72,6 +100,9 @@ class NoLedger:
         return set()
 
     async def resolve(self, keys: Sequence[Key], note: str) -> int:
+        return 0
+
+    async def settle_dead(self, keys: Sequence[DeadKey], state: str, note: str | None) -> int:
         return 0
 
 
@@ -92,6 +123,11 @@ class PostgresDlqLedger:
         known = [(tenant, internal_id) for tenant, internal_id in keys if tenant is not None]
         changed: int = await self._guard(resolve(self._connection, known, note))
         return changed
+
+    async def settle_dead(self, keys: Sequence[DeadKey], state: str, note: str | None) -> int:
+        from ..ledger.dead import DeadLetters  # not at import: it imports this package
+
+        return await DeadLetters(self._connection).mark_keys(keys, state, note)
 
     @staticmethod
     async def _guard(work: Any) -> Any:

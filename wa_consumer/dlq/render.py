@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .inspect import Group, Page, Stats
+from .mirror import LedgerStats
 from .replay import PurgeSummary, ReplaySummary
 
 _PIPED_WIDTH = 200  # piped into grep or a file: keep one message on one line
@@ -104,6 +105,7 @@ def show_stats(stats: Stats) -> None:
     if stats.matched != stats.report.seen:
         head += f", {stats.matched:,} match the filters"
     out.print(Text(head, style="bold"))
+    out.print(Text("from the queue (a pass over every message)", style="dim"))
     if oldest is not None:
         out.print(
             Text(
@@ -114,15 +116,49 @@ def show_stats(stats: Stats) -> None:
     show_breakdown(out, stats)
 
 
-class Breakdown(Protocol):
-    """What ``dlq stats`` and ``failures stats`` count alike."""
+def show_ledger_stats(stats: LedgerStats) -> None:
+    """``dlq stats`` from the ledger, with the queue's depth now beside it."""
+    out = console()
+    s = stats.stats
+    head = f"{stats.queue}: {stats.messages:,} messages"
+    if s.total != stats.messages:
+        head += f", {s.total:,} match the filters"
+    out.print(Text(head, style="bold"))
+    if stats.depth is None:
+        depth = "the queue's depth is unknown (RabbitMQ did not answer)"
+    elif stats.depth == stats.messages:
+        depth = f"the queue holds {stats.depth:,} too"
+    else:
+        depth = (
+            f"the queue holds {stats.depth:,} now: messages the broker dead-lettered by "
+            "itself are in the queue only (--from-queue reads them all)"
+        )
+    out.print(Text(f"from the ledger; {depth}", style="dim"))
+    if s.oldest is not None:
+        out.print(
+            Text(
+                f"oldest failed {age(stats.oldest_age_seconds())} ago "
+                f"({when(s.oldest)} UTC, {s.oldest_internal_id or '-'})"
+            )
+        )
+    show_breakdown(out, stats)
 
-    matched: int
-    by_category: Counter[str]
-    by_code: Counter[str]
-    by_tenant: Counter[str]
-    by_type: Counter[str]
-    other_groups: int
+
+class Breakdown(Protocol):
+    """What ``dlq stats`` (from the queue or the ledger) and ``failures stats`` count alike."""
+
+    @property
+    def matched(self) -> int: ...
+    @property
+    def by_category(self) -> Counter[str]: ...
+    @property
+    def by_code(self) -> Counter[str]: ...
+    @property
+    def by_tenant(self) -> Counter[str]: ...
+    @property
+    def by_type(self) -> Counter[str]: ...
+    @property
+    def other_groups(self) -> int: ...
 
     def ranked_groups(self) -> list[Group]: ...
 
@@ -168,7 +204,7 @@ def show_groups(out: Console, ranked: list[Group], *, more: bool = False) -> Non
             group.fingerprint,
             f"{group.count:,}",
             *cause,
-            str(len(group.tenants)),
+            str(group.distinct_tenants()),
             Text(group.sample),
         )
     out.print(groups)
@@ -187,6 +223,10 @@ def show_page(page: Page) -> None:
             style="bold",
         )
     )
+    if page.source == "ledger":
+        out.print(Text("from the ledger, newest first", style="dim"))
+    else:
+        out.print(Text("from the queue, in queue order", style="dim"))
     if not shown:
         return
     wide = out.width >= _WIDE
@@ -224,8 +264,9 @@ def show_detail(detail: dict[str, Any], copies: int) -> None:
     table = Table(show_header=False, title_justify="left", title=Text(detail["internal_id"] or ""))
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
+    ledger = detail.get("source") == "ledger"
     rows = (
-        ("position", "position"),
+        ("row id", "id") if ledger else ("position", "position"),
         ("tenant", "tenant"),
         ("type", "type"),
         ("recipient", "recipient"),
@@ -247,8 +288,14 @@ def show_detail(detail: dict[str, Any], copies: int) -> None:
             value = when(value)
         table.add_row(label, Text("-" if value is None else str(value)))
     out.print(table)
+    if ledger:
+        attempts = len(detail.get("attempts") or ())
+        out.print(Text(f"from the ledger; {attempts} attempts (status ID shows them)", style="dim"))
+    else:
+        out.print(Text("from the queue", style="dim"))
     if copies > 1:
-        out.print(Text(f"{copies} messages in the queue carry this id; this is the first"))
+        where = "the ledger records" if ledger else "the queue holds"
+        out.print(Text(f"{where} {copies} dead messages with this id; this is the first"))
     for title, key in (("headers", "headers"), ("body", "body")):
         out.print(Text(title, style="bold"))
         value = detail[key]

@@ -8,9 +8,13 @@ A replayed copy has the body unchanged, drops the broker's ``x-death`` bookkeepi
 through the default exchange, so no other queue bound to the exchange gets a second copy.
 Its ``timestamp`` is the replay's: the daemon measures a message's maximum age from it, and
 an operator replaying after a fix has decided to send again (a producer's own deadline,
-``expiresAt`` in the body, still holds). The ledger needs no change: the daemon claims any
-message it does not record as sent, so a dead one is claimed again. The ledger is asked by
-(tenant, internalId): another tenant's sent message with the same id does not hold one back.
+``expiresAt`` in the body, still holds). The daemon claims any message it does not record as
+sent, so a dead one is claimed again. The ledger is asked by (tenant, internalId): another
+tenant's sent message with the same id does not hold one back.
+
+The ledger's mirror of the DLQ (``wa_dead``) follows: a replayed message's row becomes
+``replayed`` once its copy is confirmed in the main queue, before the DLQ ack; a purged one's
+``resolved``, with the reason, before the ack, as the reason on its record.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from .. import headers as h
 from ..settle import now_iso
 from .filters import Filter
-from .ledger import DlqLedger, NoLedger, ledger_key
+from .ledger import DeadKey, DlqLedger, NoLedger, dead_key, ledger_key
 from .record import describe
 from .sweep import (
     DROP,
@@ -85,6 +89,7 @@ class ReplaySummary:
     skipped: Counter[str] = field(default_factory=Counter)
     by_category: Counter[str] = field(default_factory=Counter)
     sample: list[dict[str, Any]] = field(default_factory=list)
+    mirrored: int = 0  # rows of the ledger's mirror marked replayed
 
     @property
     def left(self) -> int:
@@ -103,6 +108,7 @@ class ReplaySummary:
             "left": self.left,
             "by_category": dict(self.by_category.most_common()),
             "sample": self.sample,
+            "marked_in_ledger": self.mirrored,
         }
 
 
@@ -134,6 +140,12 @@ async def replay(
     """Move the dead messages matching ``selection`` from ``queue`` back to ``target``."""
     summary = ReplaySummary(queue, target, dry_run)
     await _check_target(connection, target)
+    keys: dict[int, DeadKey] = {}  # the moved messages' rows in the mirror, by delivery
+
+    async def moved(deliveries: Sequence[AbstractIncomingMessage]) -> None:
+        # Their copies are confirmed in the main queue; their DLQ acks come next.
+        done = [keys.pop(id(d)) for d in deliveries]
+        summary.mirrored += await ledger.settle_dead(done, "replayed", "replayed to " + target)
 
     async def decide(batch: Sequence[AbstractIncomingMessage], first: int) -> list[Action]:
         records = [describe(d, first + i) for i, d in enumerate(batch)]
@@ -161,6 +173,7 @@ async def replay(
                         summary.sample.append(record.to_json())
                 else:
                     actions[i] = Move(replay_message(batch[i], record.replay_count), target)
+                    keys[id(batch[i])] = dead_key(record, batch[i].headers)
         return actions
 
     summary.report = await DeadLetterPass(
@@ -170,6 +183,7 @@ async def replay(
         options=options,
         pacer=Pacer(rate) if rate and not dry_run else None,
         progress=progress,
+        moved=moved,
     ).run()
     return summary
 
@@ -185,6 +199,7 @@ class PurgeSummary:
     recorded: bool = False  # a ledger was there to record the reason
     removed: int = 0
     resolved: int = 0  # ledger rows given the reason
+    mirrored: int = 0  # rows of the ledger's mirror marked resolved
     by_category: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -200,6 +215,7 @@ class PurgeSummary:
             "removed": self.removed,
             "left": self.left,
             "resolved_in_ledger": self.resolved if self.recorded else None,
+            "marked_in_ledger": self.mirrored if self.recorded else None,
             "by_category": dict(self.by_category.most_common()),
         }
 
@@ -227,13 +243,15 @@ async def purge(
     async def decide(batch: Sequence[AbstractIncomingMessage], first: int) -> list[Action]:
         records = [describe(d, first + i) for i, d in enumerate(batch)]
         actions: list[Action] = [DROP if selection.matches(r) else KEEP for r in records]
-        gone = [r for r, a in zip(records, actions, strict=True) if a is DROP]
+        gone = [(r, d) for r, d, a in zip(records, batch, actions, strict=True) if a is DROP]
         summary.removed += len(gone)
-        summary.by_category.update(r.category for r in gone)
+        summary.by_category.update(r.category for r, _ in gone)
         if dry_run:
             return [KEEP] * len(batch)
-        keys = list(dict.fromkeys(ledger_key(r) for r in gone if r.internal_id))
+        keys = list(dict.fromkeys(ledger_key(r) for r, _ in gone if r.internal_id))
         summary.resolved += await ledger.resolve(keys, reason)
+        dead = [dead_key(r, d.headers) for r, d in gone if r.internal_id]
+        summary.mirrored += await ledger.settle_dead(dead, "resolved", reason)
         return actions
 
     summary.report = await DeadLetterPass(

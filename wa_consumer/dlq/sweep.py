@@ -78,6 +78,9 @@ class Move:
 Action = _Keep | _Drop | Move
 Decide = Callable[[Sequence[AbstractIncomingMessage], int], Awaitable[Sequence[Action]]]
 Progress = Callable[[int, int], None]
+#: Told of the messages whose ``Move`` was confirmed, before their acks (a replay marks them
+#: replayed in the ledger then); if it raises, none of them is acked and the pass stops.
+Moved = Callable[[Sequence[AbstractIncomingMessage]], Awaitable[None]]
 
 
 QUORUM_SETTLE_GRACE = 1.0
@@ -157,6 +160,7 @@ class DeadLetterPass:
         options: PassOptions | None = None,
         pacer: Pacer | None = None,
         progress: Progress | None = None,
+        moved: Moved | None = None,
     ) -> None:
         self._options = options = options or PassOptions()
         if options.prefetch < 1:
@@ -166,6 +170,7 @@ class DeadLetterPass:
         self._decide = decide
         self._pacer = pacer
         self._progress = progress or (lambda done, total: None)
+        self._moved = moved
         self.report = PassReport()
         self._window = options.prefetch
         self._held: list[AbstractIncomingMessage] = []
@@ -271,12 +276,18 @@ class DeadLetterPass:
             pending.append(asyncio.ensure_future(publish))
         await asyncio.gather(*(p for p in pending if p is not None), return_exceptions=True)
         failure: BaseException | None = None
-        for delivery, done in zip(batch, pending, strict=True):
+        settled: list[tuple[AbstractIncomingMessage, Action]] = []
+        for delivery, action, done in zip(batch, actions, pending, strict=True):
             if done is not None:
                 error = done.exception()
                 if error is not None or not isinstance(done.result(), aiormq.spec.Basic.Ack):
                     failure = failure or error or DlqError("the broker refused a copy")
                     continue  # left unacked: it goes back to its place
+            settled.append((delivery, action))
+        moved = [delivery for delivery, action in settled if isinstance(action, Move)]
+        if moved and self._moved is not None:
+            await self._moved(moved)
+        for delivery, _ in settled:
             if self._may_ack():
                 await self._ack(delivery)
             else:

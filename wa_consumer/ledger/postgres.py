@@ -23,10 +23,11 @@ from ..errors import LedgerUnavailable, LedgerUnreachable
 from ..logs import get_logger
 from ..message import Outbound
 from ..outcomes import Failure
-from ..seams import Attempt, Claim, Record
+from ..seams import Attempt, Claim, Death, Record
 from ..settings import masked
 from ..startup import transient
 from .batch import Batcher
+from .dead_write import DeadWriter
 from .heartbeat import OUTAGE as _OUTAGE
 from .heartbeat import Heartbeat
 from .migrate import migrate
@@ -236,6 +237,16 @@ class PostgresLedger:
         self._writes: Batcher[_Claim | _Finish, Claim | None] = Batcher(
             self._write, keep=_is_finish, transient=_is_outage, on_error=self._down
         )
+        # Deaths (the DLQ's mirror, wa_dead) in batches of their own: a send's statement
+        # stays as it was.
+        self._deaths = DeadWriter(
+            pool,
+            transient=_is_outage,
+            data_errors=_DATA,
+            conflict=_CONFLICT,
+            on_error=self._down,
+            describe=_no_secrets,
+        )
 
     @classmethod
     async def connect(
@@ -277,9 +288,9 @@ class PostgresLedger:
 
     @property
     def results_held(self) -> int:
-        """Results (finishes) in memory, not yet written: queued, being written, or kept
-        through an outage. Read at scrape time."""
-        return self._writes.held(_is_finish)
+        """Results (finishes and deaths) in memory, not yet written: queued, being written,
+        or kept through an outage. Read at scrape time."""
+        return self._writes.held(_is_finish) + self._deaths.held()
 
     def observe_batches(self, on_batch: Callable[[int, float], None]) -> None:
         """Have ``on_batch(items, seconds)`` called for each statement written (metrics)."""
@@ -377,6 +388,10 @@ class PostgresLedger:
                 status=record.status,
                 error=_no_secrets(exc),
             )
+
+    async def dead(self, death: Death) -> None:
+        """Record a death whose copy went to the DLQ (``dead_write``); never raises."""
+        await self._deaths.record(death, self._finish_timeout)
 
     async def _write(self, items: Sequence[_Claim | _Finish]) -> list[Claim | None]:
         """Write a batch; a row the database refuses is found by halving, and only it fails."""
@@ -501,7 +516,15 @@ class PostgresLedger:
 
     async def close(self, grace: float = 5.0) -> None:
         """Write what is queued (up to ``grace``), say so of what could not be, and leave."""
-        lost = [i for i in await self._writes.close(grace) if isinstance(i, _Finish)]
+        deaths, left = await asyncio.gather(self._deaths.close(grace), self._writes.close(grace))
+        if deaths:
+            log.error(
+                "ledger_deaths_unwritten",
+                count=len(deaths),
+                reason="the database did not come back before exit; the messages are in the DLQ",
+                deaths=[f"{d[0]}/{d[1]}" for d in deaths[:100]],
+            )
+        lost = [i for i in left if isinstance(i, _Finish)]
         if lost:
             log.error(
                 "ledger_results_unwritten",
