@@ -404,3 +404,32 @@ async def test_the_ledger_counts_dead_messages_by_every_dimension_like_the_queue
     assert stats.by_code == Counter({"131020": 3, "131021": 3})
     assert stats.by_type == Counter({"text": 3, "image": 3})
     assert stats.by_tenant == Counter({tenant: 6})
+
+
+async def test_prune_takes_old_records_of_messages_that_left_the_dlq_never_one_still_in_it(
+    ledger: PostgresLedger, database: str
+) -> None:
+    from wa_consumer.ledger.queries import prune_dead
+
+    tenant = f"q{uuid.uuid4().hex[:8]}"
+    await asyncio.gather(*(ledger.dead(a_death(tenant, n)) for n in range(4)))
+    connection = await asyncpg.connect(database)
+    try:
+        ids = [r["id"] for r in await connection.fetch(
+            "SELECT id FROM wa_dead WHERE tenant_id = $1 ORDER BY id", tenant)]  # fmt: skip
+        dead = DeadLetters(connection)
+        assert await dead.mark(ids[:2], "replayed", "by a test") == 2
+        assert await dead.mark(ids[2:3], "resolved", "customer left") == 1
+        # Two left the DLQ 40 days ago, one today; one is still in the DLQ (and old).
+        await connection.execute(
+            "UPDATE wa_dead SET resolved_at = now() - interval '40 days', "
+            "died_at = now() - interval '41 days' WHERE id = ANY($1::bigint[])",
+            [ids[0], ids[2], ids[3]],
+        )
+        assert await prune_dead(connection, timedelta(days=30), batch=1) == 2
+        left = await connection.fetch(
+            "SELECT id, state FROM wa_dead WHERE tenant_id = $1 ORDER BY id", tenant
+        )
+        assert [(r["id"], r["state"]) for r in left] == [(ids[1], "replayed"), (ids[3], "dead")]
+    finally:
+        await connection.close()

@@ -47,26 +47,30 @@ def prune_command(
         int, typer.Option(min=1, help="Rows deleted per statement (keeps each lock short).")
     ] = 5000,
 ) -> None:
-    """Delete old sent and dead messages, their attempts and delivery statuses; and the old
-    statuses of no message. Others are never touched."""
-    from ..ledger.queries import parse_age, prune, prune_statuses
+    """Delete old sent and dead messages, their attempts and delivery statuses; the old
+    statuses of no message; the DLQ's records of messages replayed or purged long ago.
+    Others are never touched (a message still in the DLQ keeps its record)."""
+    from ..ledger.queries import parse_age, prune, prune_dead, prune_statuses
 
     try:
         age = parse_age(older_than)
     except ValueError as exc:
         raise fail(f"--older-than: {exc}", Exit.USAGE) from None
 
-    async def work(connection: asyncpg.Connection[Any]) -> tuple[int, int]:
+    async def work(connection: asyncpg.Connection[Any]) -> tuple[int, int, int]:
         with show_progress("pruning", "messages", bar=False) as messages:
             removed = await prune(connection, age, batch, lambda n: messages(n, 0))
         with show_progress("pruning", "statuses of no message", bar=False) as statuses:
             orphans = await prune_statuses(connection, age, batch, lambda n: statuses(n, 0))
-        return removed, orphans
+        with show_progress("pruning", "dead rows", bar=False) as dead:
+            settled = await prune_dead(connection, age, batch, lambda n: dead(n, 0))
+        return removed, orphans, settled
 
-    removed, statuses = on_ledger(database_url(), work)
+    removed, statuses, settled = on_ledger(database_url(), work)
     typer.echo(
         f"removed {removed} sent or dead messages not updated for {older_than}, with their "
-        f"attempts and delivery statuses, and {statuses} older delivery statuses of no message"
+        f"attempts and delivery statuses, {statuses} older delivery statuses of no message, "
+        f"and {settled} records of dead messages replayed or purged before then"
     )
 
 

@@ -183,6 +183,39 @@ async def prune(
             return removed
 
 
+# The DLQ's mirror keeps a row once its message left the DLQ (replayed, purged, edited) for
+# the record; those go with age. A row still 'dead' is a message still in the DLQ: never.
+_PRUNE_DEAD = """
+DELETE FROM wa_dead
+WHERE id IN (
+    SELECT id FROM wa_dead
+    WHERE state <> 'dead' AND COALESCE(resolved_at, died_at) < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+AND state <> 'dead'
+"""
+
+
+async def prune_dead(
+    conn: Connection,
+    older_than: timedelta,
+    batch: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete the DLQ mirror's rows of messages that left the DLQ ``older_than`` ago."""
+    cutoff = await _cutoff(conn, older_than, batch)
+    removed = 0
+    while True:
+        status: str = await conn.execute(_PRUNE_DEAD, cutoff, batch)
+        deleted = int(status.rsplit(" ", 1)[-1])
+        removed += deleted
+        if progress is not None:
+            progress(removed)
+        if deleted < batch:
+            return removed
+
+
 async def prune_statuses(
     conn: Connection,
     older_than: timedelta,
