@@ -9,6 +9,7 @@ the event loop, connections) and never another::
     ledger       db migrate | prune; status
     deliveries   failures stats | list | show; report costs
     tenant       tenant pause | resume | drain | status
+    console      console (the web console and its API) | hash-password
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated
 import typer
 
 from .common import EXIT_CODES, Exit, fail, run_async, serve, settings_or_exit
+from .console import console_app
 from .daemon import daemon_app, topology_app
 from .deliveries import failures_app, report_app
 from .dlq import dlq_app
@@ -54,6 +56,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(failures_app, name="failures")
 app.add_typer(report_app, name="report")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(console_app, name="console")
 
 
 def _print_version(wanted: bool) -> None:
