@@ -30,7 +30,7 @@ from .controls.gate import TenantGate
 from .controls.observe import ControlMetrics
 from .credentials import CredentialCache, FallbackSource, StaticSource, TenantServiceSource
 from .delivery import Delivery
-from .graph import GraphClient, make_session
+from .graph import GraphClient
 from .health import HealthServer
 from .ledger import PostgresLedger
 from .limits import RateLimiter, build_limiter
@@ -44,6 +44,8 @@ from .settle import Settler
 from .startup import Startup, StartupStopped, connect_broker
 from .topology import Topology, prepare
 from .tracing import build as build_tracer
+from .transport import build_transport
+from .transport.aiohttp import make_session
 from .webhooks.consumer import StatusConsumer
 from .webhooks.observe import StatusMetrics
 
@@ -140,7 +142,8 @@ class Daemon:
             return 0
         self._connection = connection
         await ledger.start()  # heartbeats: from here on, this daemon's claims are alive
-        session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)
+        session = make_session(limit=s.prefetch, timeout=s.http_timeout_seconds)  # credentials
+        transport = build_transport(s)  # the Cloud API's sends (WA_GRAPH_TRANSPORT)
         http = HealthServer(self.metrics.registry, self.readiness)
         probe: asyncio.Task[None] | None = None
         own_limiter = build_limiter(s) if self._limiter is None else None
@@ -149,6 +152,7 @@ class Daemon:
             if s.metrics_port:  # 0: no HTTP server
                 self.metrics_port = await http.start(s.metrics_host, s.metrics_port)
             await self.alerts.start()
+            await transport.start()
             await prepare(connection, self.topology, passive=s.declare_topology == "passive")
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=s.prefetch)
@@ -177,7 +181,7 @@ class Daemon:
             self.pipeline = pipeline = Pipeline(
                 policy=build_policy(s, self.topology),
                 credentials=build_credentials(s, session, self.metrics.credential),
-                graph=GraphClient(session, s.graph_api_url, s.graph_api_version),
+                graph=GraphClient(transport, s.graph_api_url, s.graph_api_version),
                 settler=settler,
                 ledger=ledger,
                 limiter=self._limiter or own_limiter,
@@ -209,6 +213,7 @@ class Daemon:
             await gate.close()
             await self.alerts.close(grace=min(5.0, s.shutdown_grace_seconds))
             await http.close()
+            await transport.close()
             await session.close()
             if own_limiter is not None:
                 await own_limiter.aclose()

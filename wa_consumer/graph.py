@@ -1,10 +1,12 @@
-"""The Cloud API client: one aiohttp session, one POST per message, errors made ours.
+"""The Cloud API client: one POST per message through a transport, Meta's answers made ours.
 
-Every failure leaves as a ``GraphApiError`` (Meta, or a proxy in front of it, answered) or a
-``GraphTransportError`` (no usable answer), with ``maybe_sent`` telling whether the request
+The HTTP exchange is a seam (``transport``: aiohttp or pyreqwest, ``WA_GRAPH_TRANSPORT``);
+this module builds the URL and reads what Meta answered. Every failure leaves as a
+``GraphApiError`` (Meta, or a proxy in front of it, answered) or a ``GraphTransportError``
+(no usable answer, raised by the transport), with ``maybe_sent`` telling whether the request
 may have reached Meta. The access token is only ever put in the request's header: error
-texts are built here from ids, statuses and Meta's message, and are scrubbed of the token
-in case a proxy echoes it back.
+texts are built from ids, statuses and Meta's message, and are scrubbed of the token in case
+a proxy echoes it back.
 """
 
 from __future__ import annotations
@@ -13,46 +15,23 @@ import re
 import time
 from typing import Any, Final, NamedTuple
 
-import aiohttp
 import orjson
 
-from .errors import GraphApiError, GraphError, GraphTransportError
+from .errors import GraphApiError
+from .transport import Transport
+from .transport.redact import MAX_ERROR_BYTES, bounded, clean
 
-#: Bound on error text kept from an answer (it ends up in headers and the ledger).
-MAX_ERROR_BYTES: Final = 1024
+__all__ = ["MAX_ERROR_BYTES", "GraphClient", "SendResult"]
+
 #: How much of a non-JSON body is quoted in the error message.
 BODY_EXCERPT_CHARS: Final = 200
 #: Bound on the per-number URL cache; a daemon sends from a few numbers per tenant.
 _URL_CACHE_SIZE: Final = 4096
-_CONTENT_TYPE: Final = "application/json"
-_USER_AGENT: Final = "wa-consumer"
 _NOT_JSON: Final = object()
-#: C0 control characters but tab and newline: PostgreSQL refuses NUL in text, the rest garble.
-_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f]")
 #: What the ledger's integer columns hold; a code outside it is kept in the text only.
 _INT32: Final = range(-(2**31), 2**31)
 #: A whole number as Meta may write it in a string (bounded: int() refuses huge digit strings).
 _WHOLE: Final = re.compile(r"\s*-?[0-9]{1,64}\s*")
-
-
-def make_session(*, limit: int, timeout: float) -> aiohttp.ClientSession:
-    """The one HTTP session of the process, its pool sized to the messages in flight.
-
-    ``limit`` is the prefetch: more connections than messages in flight are never needed,
-    and they go to one host (two with the tenant service). No cookie jar: the Cloud API is
-    stateless and cookies would only cost a lookup per request. The connect timeout is
-    shorter than the total so that a slow connect (nothing sent, safe to retry) is told
-    apart from a slow answer (ambiguous). No read timeout: one as long as the total never
-    fires first, and it costs a timer moved on every read.
-    """
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout / 2, 10.0)),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": _USER_AGENT},
-        raise_for_status=False,
-    )
 
 
 class SendResult(NamedTuple):
@@ -67,13 +46,13 @@ class SendResult(NamedTuple):
 class GraphClient:
     """Sends Cloud API request bodies, as given, from a tenant's phone number."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, version: str) -> None:
-        self._session = session
+    def __init__(self, transport: Transport, base_url: str, version: str) -> None:
+        self._transport = transport
         self._prefix = f"{base_url.rstrip('/')}/{version.strip('/')}/"
         self._urls: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"GraphClient({self._prefix!r})"
+        return f"GraphClient({self._prefix!r}, {self._transport.name})"
 
     def url_for(self, phone_number_id: str) -> str:
         """``{base}/{version}/{phone_number_id}/messages``, built once per number."""
@@ -86,27 +65,15 @@ class GraphClient:
 
     async def send(self, phone_number_id: str, access_token: str, payload: bytes) -> SendResult:
         """POST ``payload`` (JSON bytes) and return the wamid, or raise a ``GraphError``."""
-        url = self.url_for(phone_number_id)
-        headers = {"Authorization": "Bearer " + access_token, "Content-Type": _CONTENT_TYPE}
         started = time.perf_counter()
-        try:
-            async with self._session.post(url, data=payload, headers=headers) as resp:
-                body = await resp.read()
-                status = resp.status
-        except aiohttp.ClientResponseError as exc:
-            # Its repr carries request_info, whose headers hold the token: do not chain it.
-            # Raised below, outside this block, so that it is not even the __context__.
-            error: GraphError = _transport(exc, access_token)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _transport(exc, access_token) from exc
-        else:
-            latency_ms = (time.perf_counter() - started) * 1000
-            if 200 <= status < 300:
-                result = _accepted(body, status, latency_ms)
-                if result is not None:
-                    return result
-            raise _api_error(status, body, access_token)
-        raise error
+        status, body = await self._transport.post(
+            self.url_for(phone_number_id), payload, access_token
+        )
+        if 200 <= status < 300:
+            result = _accepted(body, status, (time.perf_counter() - started) * 1000)
+            if result is not None:
+                return result
+        raise _api_error(status, body, access_token)
 
 
 def _accepted(body: bytes, status: int, latency_ms: float) -> SendResult | None:
@@ -146,11 +113,11 @@ def _api_error(status: int, body: bytes, token: str) -> GraphApiError:
         transient = error.get("is_transient")
         fbtrace_id = _str(error.get("fbtrace_id"))
         return GraphApiError(
-            _bounded(_meta_message(error, status), token),
+            bounded(_meta_message(error, status), token),
             status=status,
             code=_int(error.get("code")),
             subcode=_int(error.get("error_subcode")),
-            fbtrace_id=_bounded(fbtrace_id, token) if fbtrace_id else None,
+            fbtrace_id=bounded(fbtrace_id, token) if fbtrace_id else None,
             is_transient=transient if isinstance(transient, bool) else None,
         )
     # A 2xx without a wamid: Meta may have taken the message, so a resend is ambiguous.
@@ -164,7 +131,7 @@ def _api_error(status: int, body: bytes, token: str) -> GraphApiError:
     else:
         message = f"HTTP {status} with an unexpected JSON body: {_excerpt(body, token)}"
     return GraphApiError(
-        _bounded(message, token),
+        bounded(message, token),
         status=status,
         maybe_sent=accepted,
         short_code="no_wamid" if accepted else None,
@@ -185,56 +152,12 @@ def _meta_message(error: dict[str, Any], status: int) -> str:
     return message
 
 
-def _transport(exc: BaseException, token: str) -> GraphTransportError:
-    """A failure without a usable answer, with whether the request may have reached Meta."""
-    maybe_sent = True
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # Refused, unreachable, DNS, TLS handshake: nothing was sent.
-        maybe_sent, short, what = False, "connect_error", str(exc)
-    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
-        maybe_sent, short, what = False, "connect_timeout", "connecting timed out"
-    elif isinstance(exc, TimeoutError):
-        short, what = "timeout", "no answer in time after the request was sent"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        short, what = "disconnected", f"the connection dropped ({type(exc).__name__})"
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        short, what = "bad_response", f"unusable HTTP answer ({exc.status}, {exc.message})"
-    elif isinstance(exc, aiohttp.ClientOSError):
-        short, what = (
-            "disconnected",
-            f"the connection failed ({exc.strerror or type(exc).__name__})",
-        )
-    else:
-        short, what = "client_error", type(exc).__name__
-    return GraphTransportError(_bounded(what, token), maybe_sent=maybe_sent, short_code=short)
-
-
-def _bounded(text: str, token: str) -> str:
-    """``text`` clean (see ``_clean``) and cut to ``MAX_ERROR_BYTES`` of UTF-8."""
-    text = _clean(text, token)
-    raw = text.encode("utf-8")
-    if len(raw) <= MAX_ERROR_BYTES:
-        return text
-    return raw[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "..."
-
-
-def _clean(text: str, token: str) -> str:
-    """``text`` without C0 control characters (tab and newline stay), then without the token.
-
-    In that order: a token with a NUL put in it would otherwise come whole out of the strip.
-    """
-    text = _CONTROL.sub("", text)
-    if token and token in text:
-        text = text.replace(token, "[redacted]")
-    return text
-
-
 def _excerpt(body: bytes, token: str) -> str:
     """The start of ``body`` on one line, the token scrubbed from all of it before the cut.
 
     Cut first, a token across the cut would leave its prefix, which no later scrub finds.
     """
-    text = _clean(body.decode("utf-8", "replace"), token)
+    text = clean(body.decode("utf-8", "replace"), token)
     return " ".join(text.split())[:BODY_EXCERPT_CHARS]
 
 

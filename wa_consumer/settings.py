@@ -110,6 +110,25 @@ class Settings(BaseSettings):
     graph_api_version: str = Field(default="v23.0", pattern=r"^v\d+\.\d+$")
     http_timeout_seconds: float = Field(default=20.0, gt=0)
 
+    # Cloud API transport (issue 17): the HTTP client of the sends (wa_consumer/transport),
+    # and a PEM file of CA certificates trusted for WA_GRAPH_API_URL beside the system's
+    graph_transport: Literal["aiohttp", "pyreqwest"] = "pyreqwest"  # README: design notes
+    graph_ca_file: str | None = None
+
+    @field_validator("graph_ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # WA_GRAPH_CA_FILE= (empty): the system's CAs only
+        try:
+            with open(value, "rb") as pem:
+                head = pem.read(1 << 20)
+        except OSError as exc:
+            raise ValueError(f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+        if b"-----BEGIN CERTIFICATE-----" not in head:
+            raise ValueError("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return value
+
     # Credentials
     tenant_service_url: str | None = None
     tenant_service_token: SecretStr | None = None

@@ -36,10 +36,13 @@ from .report import describe, summary, table, write_json
 from .scenarios import (
     DAEMON_LOG_LEVEL,
     DAEMON_PREFETCH,
+    DAEMON_TRANSPORT,
     DEFAULT,
     ORDER,
     STATUSES_PREFETCH,
+    TRANSPORTS,
     Scenario,
+    in_round,
     plan,
 )
 from .statuses import run_statuses
@@ -98,6 +101,13 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         default=STATUSES_PREFETCH,
         help=f"statuses: the daemon's WA_STATUSES_PREFETCH (default: its own, {STATUSES_PREFETCH})",
     )
+    add(
+        "--transports",
+        default="",
+        help="comma-separated Cloud API transports of the daemon (aiohttp, pyreqwest): each"
+        " daemon scenario is measured with each, one after the other in every round; the"
+        " targets use the first (default: the daemon's own)",
+    )
     add("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
     add("--logs", type=Path, help="keep the daemons' and the sandbox's logs here (default: not)")
     add("--deadline", type=float, default=300.0, help="seconds allowed for each wait (300)")
@@ -109,6 +119,9 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
     )
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if set(args.transports) - set(TRANSPORTS) or len(set(args.transports)) < len(args.transports):
+        parser.error(f"--transports: each of {','.join(TRANSPORTS)} at most once")
     unknown = sorted(set(args.scenarios) - set(ORDER))
     if unknown or not args.scenarios:
         parser.error(f"--scenarios: unknown {unknown}; choose from {','.join(ORDER)}")
@@ -128,7 +141,7 @@ async def bench(ctx: Context, scenarios: Sequence[Scenario], results: dict[str, 
             ctx.sandbox = Sandbox(ctx.workdir, ctx.children)
             await ctx.sandbox.ready(30)
         for round_no in range(1, ctx.args.repeat + 1):
-            for scenario in scenarios:
+            for scenario in in_round(scenarios, round_no):
                 run = await MEASURES[scenario.kind](scenario, round_no, ctx)
                 results.setdefault(scenario.key, []).append(run)
                 print(describe(run, scenario.label), flush=True)
@@ -172,6 +185,7 @@ def metadata(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> dict[st
         "daemon_log": f"{args.log_level} json -> file",
         "number_rate": 0 if args.number_rate is None else args.number_rate,
         "daemons": args.daemons,  # started together in each daemon scenario
+        "transports": args.transports or [f"daemon default ({DAEMON_TRANSPORT})"],
         "python": platform.python_version(),
         "loop": f"uvloop {importlib.metadata.version('uvloop')}",
         "aio_pika": aio_pika.__version__,

@@ -32,7 +32,16 @@ import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from .broker import declare_topology, depth, leftovers, prefill
-from .common import BenchError, Deadline, bounded, close_quietly, crossing, free_port, tail
+from .common import (
+    BenchError,
+    Deadline,
+    bounded,
+    close_quietly,
+    crossing,
+    free_port,
+    per_unit,
+    tail,
+)
 from .database import ledger_counts
 from .procs import (
     Children,
@@ -380,4 +389,5 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         sandbox_outcomes=outcomes,
         ledger=ledger,
         problems=problems,
+        cpu_us=per_unit(meter.used, done) if done else {},
     )

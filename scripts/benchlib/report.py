@@ -18,6 +18,10 @@ delivery-status scenarios (issue 14) have a block of their own (``report_deliver
 Ratios are taken between medians; ``per_round`` in the JSON has the same ratio within each
 round, where both sides were measured (the rounds alternate the scenarios, so a round's
 figures share the machine's load of the moment).
+
+With ``--transports``, a block compares each daemon scenario's transports: the rate and the
+daemon's CPU µs per message, each against the first transport named, as a ratio of medians
+and within each round.
 """
 
 from __future__ import annotations
@@ -186,7 +190,78 @@ def summary(
         for r in runs
         if r.problems
     ]
-    return {"settings": meta, "scenarios": parts, "targets": targets, "not_clean": unclean}
+    return {
+        "settings": meta,
+        "scenarios": parts,
+        "targets": targets,
+        "transports": _transports(results, scenarios),
+        "not_clean": unclean,
+    }
+
+
+def _daemon_us(run: Run) -> float | None:
+    return run.cpu_us.get("daemon") if run.cpu_us else None
+
+
+def _transports(results: dict[str, list[Run]], scenarios: Sequence[Scenario]) -> dict[str, Any]:
+    """Per daemon scenario measured with several transports: each against the first."""
+    groups: dict[str, list[Scenario]] = {}
+    for scenario in scenarios:
+        if scenario.base and scenario.transport:
+            groups.setdefault(scenario.base, []).append(scenario)
+    block: dict[str, Any] = {}
+    for base, variants in groups.items():
+        if len(variants) < 2:
+            continue
+        first = clean(results.get(variants[0].key, []))
+        first_rate = median_or_none([r.rate for r in first])
+        first_us = median_or_none([u for r in first if (u := _daemon_us(r)) is not None])
+        rounds = {r.round: r for r in first}
+        entry: dict[str, Any] = {}
+        for variant in variants:
+            good = clean(results.get(variant.key, []))
+            rate = median_or_none([r.rate for r in good])
+            us = median_or_none([u for r in good if (u := _daemon_us(r)) is not None])
+            paired = [(r, rounds[r.round]) for r in good if r.round in rounds]
+            entry[str(variant.transport)] = {
+                "key": variant.key,
+                "median_msg_s": rate,
+                "median_daemon_cpu_us": us,
+                "rate_ratio": _ratio(rate, first_rate),
+                "cpu_ratio": _ratio(us, first_us),
+                "rate_ratio_per_round": [a.rate / b.rate for a, b in paired],
+                "cpu_ratio_per_round": [
+                    ua / ub
+                    for a, b in paired
+                    if (ua := _daemon_us(a)) is not None and (ub := _daemon_us(b))
+                ],
+            }
+        block[base] = entry
+    return block
+
+
+def _range(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "n/a"
+
+
+def _transport_lines(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for base, entry in report.get("transports", {}).items():
+        if not lines:
+            lines += ["", "transports (against the first named; per round: within each round)"]
+        for name, t in entry.items():
+            rate, us = t["median_msg_s"], t["median_daemon_cpu_us"]
+            rr, cr = t["rate_ratio"], t["cpu_ratio"]
+            lines.append(
+                f"  {base:<12}{name:<11}"
+                f"{'n/a' if rate is None else f'{rate:,.0f}':>8} msg/s"
+                f"{'n/a' if us is None else f'{us:,.0f}':>6} µs CPU/msg (daemon)"
+                f"   rate x{'n/a' if rr is None else f'{rr:.2f}'}"
+                f" ({_range(t['rate_ratio_per_round'])})"
+                f"   CPU x{'n/a' if cr is None else f'{cr:.2f}'}"
+                f" ({_range(t['cpu_ratio_per_round'])})"
+            )
+    return lines
 
 
 def _pct(share: float | None) -> str:
@@ -245,6 +320,7 @@ def table(report: dict[str, Any]) -> str:
             f"{'n/a' if rate is None else f'{rate:,.0f}':>9}"
             f"{'n/a' if steady is None else f'{steady:,.0f}':>9}{rss:>9}   {runs}"
         )
+    lines += _transport_lines(report)
     lines += report_delivery.table(report)
     lines += ["", f"{'target':<58}{'issue':>6}{'value':>9}{'target':>11}"]
     for target in report["targets"].values():

@@ -36,6 +36,11 @@ sandbox as Cloud API and tenant service, ``/metrics`` on a free port, the log le
 ``WA_NUMBER_RATE=0`` unless ``--number-rate`` is given: the per-number limit (80/s by default)
 would cap the bench at 80/s per number, and the bench measures the pipeline (the limiter has
 tests of its own).
+
+``--transports aiohttp,pyreqwest`` measures every daemon scenario once per Cloud API transport
+in each round (``WA_GRAPH_TRANSPORT``), one after the other, their order turned about in every
+second round: the first named keeps the scenario's key (the targets are computed for it), the
+others are ``<key>@<transport>``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -58,6 +64,8 @@ DEFAULT = ORDER[:6]  # the delivery-status scenarios only when named
 DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
 STATUSES_PREFETCH = Settings.model_fields["statuses_prefetch"].default
 DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
+DAEMON_TRANSPORT = Settings.model_fields["graph_transport"].default
+TRANSPORTS = ("aiohttp", "pyreqwest")  # the values of WA_GRAPH_TRANSPORT
 NUMBER_RATE = "number_rate"  # the per-number limit's field in Settings (WA_NUMBER_RATE)
 NO_SANDBOX = "http://127.0.0.1:1"  # Cloud API and tenant service of what sends nothing
 
@@ -75,6 +83,8 @@ class Scenario:
     prefetch: int = DAEMON_PREFETCH  # webhooks: requests in flight
     http: bool = False  # the bench's own consumer POSTs each message to the sandbox
     kind: Kind = "messages"  # what ``rate`` counts: messages sent, webhooks, statuses
+    transport: str | None = None  # the daemon's WA_GRAPH_TRANSPORT (None: its default)
+    base: str = ""  # the key of the scenario this is a transport's variant of ("": itself)
 
     def describe(self) -> dict[str, Any]:
         process = "daemon" if self.daemon else "bare aio-pika consumer"
@@ -91,6 +101,7 @@ class Scenario:
             "ledger": self.ledger,
             "prefetch": self.prefetch,
             "kind": self.kind,
+            "transport": self.transport,
         }
 
 
@@ -143,7 +154,39 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             kind="statuses",
         ),
     }
-    return [every[key] for key in ORDER if key in args.scenarios]
+    chosen = [every[key] for key in ORDER if key in args.scenarios]
+    return per_transport(chosen, args.transports)
+
+
+def in_round(scenarios: Sequence[Scenario], round_no: int) -> list[Scenario]:
+    """The order of one round: a scenario's transports turn about from round to round, so
+    that neither is always measured first (the ledger's tables grow over a run)."""
+    out = list(scenarios)
+    if round_no % 2 == 0:
+        i = 0
+        while i < len(out):
+            j = i
+            while j + 1 < len(out) and out[i].base and out[j + 1].base == out[i].base:
+                j += 1
+            out[i : j + 1] = out[i : j + 1][::-1]
+            i = j + 1
+    return out
+
+
+def per_transport(scenarios: list[Scenario], transports: list[str]) -> list[Scenario]:
+    """Each daemon scenario once per transport, the first named keeping the key."""
+    if not transports:
+        return scenarios
+    out: list[Scenario] = []
+    for scenario in scenarios:
+        if not scenario.daemon:
+            out.append(scenario)
+            continue
+        for i, name in enumerate(transports):
+            key = scenario.key if i == 0 else f"{scenario.key}@{name}"
+            label = f"{scenario.label} [{name}]" if len(transports) > 1 else scenario.label
+            out.append(replace(scenario, key=key, label=label, transport=name, base=scenario.key))
+    return out
 
 
 def overrides(
@@ -175,6 +218,8 @@ def overrides(
         values["log_level"] = args.log_level
         values["log_format"] = "json"
         values[NUMBER_RATE] = 0.0 if args.number_rate is None else args.number_rate
+        if scenario.transport is not None:
+            values["graph_transport"] = scenario.transport
         if scenario.ledger:
             if database_url is None:
                 raise ValueError("a ledger-on scenario needs the scratch database")

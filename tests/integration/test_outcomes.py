@@ -17,6 +17,12 @@ from .harness import broker_for, make_settings, running, text_message, wait_for
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True, params=["aiohttp", "pyreqwest"])
+def _graph_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every outcome through each Cloud API transport (make_settings reads WA_GRAPH_TRANSPORT)."""
+    monkeypatch.setenv("WA_GRAPH_TRANSPORT", request.param)
+
+
 def requests_to(sandbox: Any, to: str) -> list[dict[str, Any]]:
     return [r for r in sandbox.state.requests() if (r["body"] or {}).get("to") == to]
 

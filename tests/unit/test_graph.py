@@ -1,63 +1,31 @@
-"""The Cloud API client against a real local HTTP server (and raw TCP ones for broken answers)."""
+"""The Cloud API client against a real local HTTP server (and raw TCP ones for broken answers),
+through each transport: every answer of Meta (or of a proxy) reads the same over both."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator
 
-import aiohttp
-import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from wa_consumer.classify import Category, classify
 from wa_consumer.errors import GraphApiError, GraphError, GraphTransportError
-from wa_consumer.graph import MAX_ERROR_BYTES, GraphClient, SendResult, make_session
+from wa_consumer.graph import MAX_ERROR_BYTES, GraphClient, SendResult
+from wa_consumer.transport import Answer, StubTransport, Transport
 
-TOKEN = "EAAG-secret-token-do-not-leak-0123456789"
-NUMBER = "106540352242922"
-PAYLOAD = orjson.dumps(
-    {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": "27821234567",
-        "type": "text",
-        "text": {"body": "Your order is ready", "preview_url": False},
-    }
+from .cloud_fakes import (
+    NUMBER,
+    PAYLOAD,
+    TOKEN,
+    TRANSPORTS,
+    WAMID,
+    FakeCloud,
+    answer,
+    assert_no_token,
+    cloud_server,
+    started,
+    success_body,
 )
-WAMID = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJCOTY3NDc0NDFDRUI3NTA0Q0UA"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class FakeCloud:
-    """A stand-in for ``/messages`` whose answer each test sets; it records every request."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.requests: list[tuple[web.Request, bytes]] = []
-        self.release = asyncio.Event()  # ends hanging handlers at teardown
-        self.respond: Handler = self.accept
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request, await request.read()))
-        return await self.respond(request)
-
-    @staticmethod
-    async def accept(request: web.Request) -> web.StreamResponse:
-        return json_response(200, success_body())
-
-
-def success_body(**message: Any) -> dict[str, Any]:
-    return {
-        "messaging_product": "whatsapp",
-        "contacts": [{"input": "27821234567", "wa_id": "27821234567"}],
-        "messages": [{"id": WAMID, **message}],
-    }
 
 
 def meta_error(
@@ -67,8 +35,8 @@ def meta_error(
     subcode: int | None = None,
     is_transient: bool | None = None,
     details: str | None = None,
-) -> dict[str, Any]:
-    error: dict[str, Any] = {
+) -> dict[str, object]:
+    error: dict[str, object] = {
         "message": message,
         "type": "OAuthException",
         "code": code,
@@ -83,51 +51,21 @@ def meta_error(
     return {"error": error}
 
 
-def json_response(status: int, body: object) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def answer(status: int, body: object | bytes, content_type: str = "application/json") -> Handler:
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-
-    async def respond(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=status, body=raw, content_type=content_type)
-
-    return respond
-
-
-def assert_no_token(err: BaseException) -> None:
-    """Neither the error nor anything chained to it shows the token."""
-    seen: BaseException | None = err
-    while seen is not None:
-        for text in (str(seen), repr(seen), repr(seen.args), repr(vars(seen))):
-            assert TOKEN not in text, f"token leaked through {type(seen).__name__}"
-        seen = seen.__cause__ or seen.__context__
-
-
 @pytest.fixture
 async def cloud() -> AsyncIterator[FakeCloud]:
-    fake = FakeCloud()
-    app = web.Application()
-    app.router.add_post("/{version}/{number}/messages", fake.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    fake.url = str(server.make_url("/"))
-    yield fake
-    fake.release.set()
-    await server.close()
+    async with cloud_server() as fake:
+        yield fake
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+    async with started(request.param) as opened:
+        yield opened
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    s = make_session(limit=4, timeout=5.0)
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def client(cloud: FakeCloud, session: aiohttp.ClientSession) -> GraphClient:
-    return GraphClient(session, cloud.url, "v23.0")
+def client(cloud: FakeCloud, transport: Transport) -> GraphClient:
+    return GraphClient(transport, cloud.url, "v23.0")
 
 
 async def send_error(client: GraphClient) -> GraphError:
@@ -135,33 +73,6 @@ async def send_error(client: GraphClient) -> GraphError:
         await client.send(NUMBER, TOKEN, PAYLOAD)
     assert_no_token(caught.value)
     return caught.value
-
-
-@asynccontextmanager
-async def raw_server(reply: bytes) -> AsyncIterator[str]:
-    """A TCP server that reads one request, writes ``reply`` (maybe not HTTP) and hangs up."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- success ---------------------------------------------------------------------------------
@@ -176,6 +87,7 @@ async def test_accepted_message_returns_its_wamid(client: GraphClient, cloud: Fa
     assert request.path == f"/v23.0/{NUMBER}/messages"
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"] == "wa-consumer"
     assert body == PAYLOAD  # sent unchanged
     assert not request.cookies
 
@@ -195,9 +107,9 @@ async def test_read_receipt_success_has_no_wamid(client: GraphClient, cloud: Fak
 
 
 async def test_base_url_with_a_trailing_slash_and_the_url_is_built_once_per_number(
-    cloud: FakeCloud, session: aiohttp.ClientSession
+    cloud: FakeCloud, transport: Transport
 ) -> None:
-    client = GraphClient(session, cloud.url + "/", "v23.0")
+    client = GraphClient(transport, cloud.url + "/", "v23.0")
     assert client.url_for(NUMBER) == f"{cloud.url.rstrip('/')}/v23.0/{NUMBER}/messages"
     assert client.url_for(NUMBER) is client.url_for(NUMBER)
     await client.send(NUMBER, TOKEN, PAYLOAD)
@@ -438,90 +350,25 @@ async def test_a_401_without_a_meta_code_is_an_auth_error(
     assert classify(err) is Category.AUTH
 
 
-# -- no usable answer ------------------------------------------------------------------------
+# -- the seam -------------------------------------------------------------------------------
 
 
-async def test_connection_refused_was_not_sent(session: aiohttp.ClientSession) -> None:
-    client = GraphClient(session, f"http://127.0.0.1:{closed_port()}", "v23.0")
-    err = await send_error(client)
-
-    assert isinstance(err, GraphTransportError)
-    assert not err.maybe_sent
-    assert err.short_code == err.code_text == "connect_error"
-    assert (err.status, err.code) == (None, None)
-    assert classify(err) is Category.TRANSIENT
-
-
-async def test_unknown_host_was_not_sent(session: aiohttp.ClientSession) -> None:
-    client = GraphClient(session, "http://no-such-host.invalid", "v23.0")
-    err = await send_error(client)
-    assert isinstance(err, GraphTransportError)
-    assert not err.maybe_sent
-    assert err.short_code in ("connect_error", "connect_timeout")  # a slow resolver times out
+async def test_a_transport_error_passes_through_unchanged() -> None:
+    refused = GraphTransportError("cannot connect", maybe_sent=False, short_code="connect_error")
+    stub = StubTransport(lambda url, body: refused)
+    with pytest.raises(GraphTransportError) as caught:
+        await GraphClient(stub, "https://graph.example", "v23.0").send(NUMBER, TOKEN, PAYLOAD)
+    assert caught.value is refused
+    assert stub.posts == [(f"https://graph.example/v23.0/{NUMBER}/messages", PAYLOAD)]
+    assert stub.with_token == 1
 
 
-async def test_answer_that_never_comes_may_have_been_sent(cloud: FakeCloud) -> None:
-    async def hang(request: web.Request) -> web.StreamResponse:
-        await cloud.release.wait()
-        return web.Response(status=200)
-
-    cloud.respond = hang
-    session = make_session(limit=2, timeout=0.3)
-    try:
-        err = await send_error(GraphClient(session, cloud.url, "v23.0"))
-    finally:
-        await session.close()
-
-    assert isinstance(err, GraphTransportError)
-    assert err.maybe_sent
-    assert err.short_code == err.code_text == "timeout"
-    assert len(cloud.requests) == 1  # the request did arrive
-    assert classify(err) is Category.TRANSIENT
-
-
-@pytest.mark.parametrize(
-    "reply",
-    [b"", b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 90\r\n\r\n{"mes'],
-    ids=["hang-up-before-answering", "hang-up-mid-body"],
-)
-async def test_connection_dropped_after_sending_may_have_been_sent(
-    session: aiohttp.ClientSession, reply: bytes
-) -> None:
-    async with raw_server(reply) as url:
-        err = await send_error(GraphClient(session, url, "v23.0"))
-    assert isinstance(err, GraphTransportError)
-    assert (err.maybe_sent, err.short_code) == (True, "disconnected")
-
-
-async def test_garbage_answer_does_not_chain_aiohttps_error_holding_the_headers(
-    session: aiohttp.ClientSession,
-) -> None:
-    # aiohttp's ClientResponseError repr shows the request headers, token included.
-    async with raw_server(b"garbage\r\n\r\n") as url:
-        err = await send_error(GraphClient(session, url, "v23.0"))
-    assert isinstance(err, GraphTransportError)
-    assert (err.maybe_sent, err.short_code) == (True, "bad_response")
-    assert err.__cause__ is None
-    assert err.__context__ is None
-
-
-# -- the session -----------------------------------------------------------------------------
-
-
-async def test_session_is_sized_to_the_prefetch_with_explicit_timeouts() -> None:
-    session = make_session(limit=7, timeout=3.0)
-    try:
-        connector = session.connector
-        assert isinstance(connector, aiohttp.TCPConnector)
-        assert (connector.limit, connector.limit_per_host) == (7, 7)
-        assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
-        timeout = session.timeout
-        assert (timeout.total, timeout.sock_read) == (3.0, None)  # the total bounds the answer
-        assert timeout.connect is not None
-        assert 0 < timeout.connect < 3.0
-    finally:
-        await session.close()
+async def test_the_client_reads_metas_answer_whatever_carried_it() -> None:
+    stub = StubTransport(Answer(200, b'{"messages": [{"id": "wamid.X"}]}'))
+    result = await GraphClient(stub, "https://graph.example", "v23.0").send(NUMBER, TOKEN, b"{}")
+    assert (result.wamid, result.status) == ("wamid.X", 200)
 
 
 def test_client_repr_shows_no_token(client: GraphClient) -> None:
     assert "GraphClient(" in repr(client)
+    assert TOKEN not in repr(client)
