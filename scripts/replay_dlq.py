@@ -7,15 +7,16 @@
 
 Settings come from the environment (``WA_AMQP_URL``, ``WA_DATABASE_URL``, queue names) or a
 ``.env`` file, as for the daemon. With no filter it refuses unless ``--all``. Progress lines
-go to stderr. Exit status: 0 done, 1 the pass failed (nothing unconfirmed was acked), 2 a bad
-option or setting, 4 the broker or the ledger did not answer.
+go to stderr. Exit status: 0 done, 1 the pass failed (nothing unconfirmed was acked) or it
+stopped after a --canary, 2 a bad option or setting, 4 the broker or the ledger did not
+answer.
 """
 
 from __future__ import annotations
 
 import typer
 
-from wa_consumer.cli.dlq import replay_command
+from wa_consumer.cli.dlq_replay import replay_command
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command()(replay_command)

@@ -217,12 +217,19 @@ async def test_replay_marks_rows_replayed_a_second_death_is_a_new_row_and_purge_
         every = [m["metadata"]["internalId"] for m in account + permanent]
         await wait_for(lambda: _rows(database, every, 5))
 
-        # Replayed while its cause is still there: it dies again, a new row.
+        # Replayed while its cause is still there: it dies again, a new row. The daemon may
+        # kill the copy before the replay marks the old row (between the copy's confirm and
+        # the DLQ ack): its new row then takes the old one out of state dead itself, and the
+        # replay's mark, which never takes a later death's row, has nothing left to mark.
         summary = await dlq_json(settings, tmp_path, "replay", "--id", again, database=database)
-        assert (summary["replayed"], summary["marked_in_ledger"]) == (1, 1)
+        assert summary["replayed"] == 1 and summary["marked_in_ledger"] in (0, 1)
         await wait_for(lambda: _states(database, again, ["replayed", "dead"]), timeout=30)
         [old, new] = await rows_of(database, again)
-        assert old["resolution"] == f"replayed to {settings.queue}"
+        assert old["resolution"] == (
+            f"replayed to {settings.queue}"
+            if summary["marked_in_ledger"]
+            else "dead again: a later row holds it"
+        )
         assert (new["replays"], new["fingerprint"]) == (1, old["fingerprint"])
 
         sandbox.state.configure(rules=[])  # the account is unlocked

@@ -5,7 +5,10 @@ the event loop, connections) and never another::
 
     common       shared helpers and the exit codes every group's --help lists
     daemon       run, webhook, publish, sandbox, demo; topology declare | export
-    dlq          dlq stats | list | show | replay | purge
+    dlq          dlq stats | list | show (the group; the next three are mounted on it)
+    dlq_replay   dlq replay [--canary N]
+    dlq_purge    dlq purge
+    dlq_edit     dlq edit ID --file F
     ledger       db migrate | prune; status
     deliveries   failures stats | list | show; report costs
     tenant       tenant pause | resume | drain | status
@@ -24,6 +27,9 @@ from .console import console_app
 from .daemon import daemon_app, topology_app
 from .deliveries import failures_app, report_app
 from .dlq import dlq_app
+from .dlq_edit import edit_command
+from .dlq_purge import purge_command
+from .dlq_replay import replay_command
 from .ledger import db_app, status_command
 from .tenant import tenant_app
 
@@ -52,6 +58,9 @@ app.command("status", epilog=EXIT_CODES)(status_command)
 app.add_typer(daemon_app)  # no name: its commands sit at the top level
 app.add_typer(topology_app, name="topology")
 app.add_typer(db_app, name="db")
+dlq_app.command("replay")(replay_command)
+dlq_app.command("purge")(purge_command)
+dlq_app.command("edit")(edit_command)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(failures_app, name="failures")
 app.add_typer(report_app, name="report")

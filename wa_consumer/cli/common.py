@@ -1,5 +1,6 @@
 """What every command group shares: one-line failures, exit codes, settings, the event loop,
-connections of their own to the broker and the ledger, the DLQ filters, progress.
+connections of their own to the broker and the ledger, the DLQ filters, who acts and the
+audit trail, progress.
 
 Command modules import this one and never each other; ``wa_consumer.cli`` mounts them.
 Heavy imports (aio-pika, asyncpg, rich) stay inside the functions: every command would
@@ -9,10 +10,12 @@ otherwise pay for them.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     import asyncpg
     from aio_pika.abc import AbstractConnection
 
-    from ..dlq import Filter
+    from ..dlq import DlqLedger, Filter
 
 T = TypeVar("T")
 
@@ -188,6 +191,20 @@ OlderThan = Annotated[
     str | None, typer.Option("--older-than", metavar="AGE", help="Failed before: 30d, 12h...")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+DeadCategories = Annotated[
+    list[str] | None,
+    typer.Option("--category", metavar="CATEGORY", help="x-error-category, e.g. permanent"),
+]
+DeadCodes = Annotated[
+    list[str] | None, typer.Option("--code", metavar="CODE", help="x-error-code, e.g. 131026")
+]
+Ids = Annotated[
+    list[str] | None,
+    typer.Option("--id", metavar="INTERNAL_ID", help="One message (internalId or message_id)."),
+]
+All = Annotated[
+    bool, typer.Option("--all", help="Every message in the DLQ: needed when no filter is given.")
+]
 
 
 def filter_or_exit(**values: Any) -> Filter:
@@ -198,6 +215,51 @@ def filter_or_exit(**values: Any) -> Filter:
         return Filter.of(**values)
     except ValueError as exc:
         raise fail(str(exc), Exit.USAGE) from None
+
+
+def all_or_exit(selection: Filter, every: bool, command: str) -> None:
+    """A command that changes the queue acts on all of it only when asked in so many words."""
+    if selection.empty and not every:
+        raise fail(
+            f"{command} with no filter would act on every message: pass a filter "
+            "(--category, --code, --id...) or --all",
+            Exit.USAGE,
+        )
+
+
+# -- who acts, and the audit trail -----------------------------------------------------------
+
+Actor = Annotated[
+    str | None,
+    typer.Option("--actor", metavar="NAME", help="Who, in the audit trail (default: user@host)."),
+]
+
+
+def actor_name(given: str | None) -> str:
+    """``--actor``, or who runs the command where: ``user@host (cli)``."""
+    return given or f"{getpass.getuser()}@{socket.gethostname()} (cli)"
+
+
+async def audited(
+    ledger: DlqLedger,
+    work: Awaitable[T],
+    summary: Callable[[T], dict[str, Any]],
+    *,
+    action: str,
+    details: dict[str, Any],
+    **who: Any,
+) -> T:
+    """``work``, then one row of the audit trail (nothing without a ledger): ``action`` with
+    ``summary(result)`` added to ``details``, or ``<action>_failed`` with the error."""
+    try:
+        result = await work
+    except WaConsumerError as exc:
+        with suppress(WaConsumerError):  # the ledger may be what failed
+            failed = {**details, "error": str(exc)}
+            await ledger.record(action=f"{action}_failed", details=failed, **who)
+        raise
+    await ledger.record(action=action, details={**details, **summary(result)}, **who)
+    return result
 
 
 # -- progress --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The DLQ commands: ``dlq stats | list | show ID | replay | purge``.
+"""The DLQ group and its reads: ``dlq stats | list | show ID``.
 
-``wa_consumer.cli`` mounts ``dlq_app``; ``scripts/replay_dlq.py`` runs ``replay_command``
-alone. Replay and purge change the queue, so with no filter they refuse unless ``--all``.
-With the ledger on (``WA_DATABASE_URL``), ``stats``, ``list`` and ``show`` read its mirror of
-the DLQ and leave the queue alone (``dlq.mirror``); ``--from-queue`` makes a pass instead.
+``wa_consumer.cli`` mounts ``dlq_app``, and on it the commands that change the queue, each
+from its own module: ``dlq_replay`` (replay, a canary first or not), ``dlq_purge`` and
+``dlq_edit``. With the ledger on (``WA_DATABASE_URL``), ``stats``, ``list`` and ``show`` read
+its mirror of the DLQ and leave the queue alone (``dlq.mirror``); ``--from-queue`` makes a
+pass instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import typer
 
 from .common import (
     EXIT_CODES,
-    Exit,
+    DeadCategories,
+    DeadCodes,
     Fingerprints,
     Json,
     OlderThan,
@@ -27,41 +29,25 @@ from .common import (
     on_broker,
     on_ledger,
     settings_or_exit,
-    show_progress,
 )
 
 if TYPE_CHECKING:
     from typing import Any
 
     import asyncpg
-    from aio_pika.abc import AbstractConnection
 
-    from ..dlq import Filter, PassOptions, PurgeSummary, ReplaySummary
+    from ..dlq import Filter, PassOptions
     from ..dlq.mirror import LedgerStats
     from ..settings import Settings
 
 dlq_app = typer.Typer(
     name="dlq",
-    help="The dead-letter queue: inspect, replay, purge. Filters may be given more than "
+    help="The dead-letter queue: inspect, replay, purge, edit. Filters may be given more than "
     "once (any of the values); different filters must all match.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
 )
 
-Categories = Annotated[
-    list[str] | None,
-    typer.Option("--category", metavar="CATEGORY", help="x-error-category, e.g. permanent"),
-]
-Codes = Annotated[
-    list[str] | None, typer.Option("--code", metavar="CODE", help="x-error-code, e.g. 131026")
-]
-Ids = Annotated[
-    list[str] | None,
-    typer.Option("--id", metavar="INTERNAL_ID", help="One message (internalId or message_id)."),
-]
-All = Annotated[
-    bool, typer.Option("--all", help="Every message in the DLQ: needed when no filter is given.")
-]
 FromQueue = Annotated[
     bool,
     typer.Option(
@@ -82,21 +68,11 @@ def _ledger(settings: Settings, from_queue: bool) -> str | None:
     return None if from_queue else settings.database_url
 
 
-def _all_or_exit(selection: Filter, every: bool, command: str) -> None:
-    """A command that changes the queue acts on all of it only when asked in so many words."""
-    if selection.empty and not every:
-        raise fail(
-            f"{command} with no filter would act on every message: pass a filter "
-            "(--category, --code, --id...) or --all",
-            Exit.USAGE,
-        )
-
-
 @dlq_app.command("stats")
 def stats_command(
     tenant: Tenants = None,
-    category: Categories = None,
-    code: Codes = None,
+    category: DeadCategories = None,
+    code: DeadCodes = None,
     type_: Types = None,
     fingerprint: Fingerprints = None,
     since: Since = None,
@@ -159,8 +135,8 @@ async def _ledger_stats(
 @dlq_app.command("list")
 def list_command(
     tenant: Tenants = None,
-    category: Categories = None,
-    code: Codes = None,
+    category: DeadCategories = None,
+    code: DeadCodes = None,
     type_: Types = None,
     fingerprint: Fingerprints = None,
     since: Since = None,
@@ -241,133 +217,3 @@ def show_command(
         print_json({**found, "copies": copies})
     else:
         show_detail(found, copies)
-
-
-def replay_command(
-    tenant: Tenants = None,
-    category: Categories = None,
-    code: Codes = None,
-    type_: Types = None,
-    fingerprint: Fingerprints = None,
-    since: Since = None,
-    older_than: OlderThan = None,
-    id_: Ids = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many.")] = None,
-    rate: Annotated[
-        float | None, typer.Option(min=0.001, help="At most this many messages per second.")
-    ] = None,
-    max_replays: Annotated[
-        int, typer.Option(min=1, help="A message replayed this often stays in the DLQ.")
-    ] = 3,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Change nothing; say what would happen.")
-    ] = False,
-    every: All = False,
-    json_: Json = False,
-) -> None:
-    """Move matching dead messages back to the main queue (confirmed before the DLQ ack).
-
-    With no filter it refuses unless --all (a dry run needs neither). Progress goes to
-    stderr: a bar on a terminal, else a line every 1,000 messages or 2 s.
-    """
-    from ..dlq import open_ledger, replay
-    from ..dlq.render import print_json, show_replay
-
-    selection = filter_or_exit(
-        tenants=tenant, categories=category, codes=code, types=type_,
-        fingerprints=fingerprint, since=since, older_than=older_than, ids=id_,
-    )  # fmt: skip
-    if not dry_run:
-        _all_or_exit(selection, every, "replay")
-    settings = settings_or_exit()
-
-    async def work(connection: AbstractConnection) -> ReplaySummary:
-        async with open_ledger(settings.database_url) as ledger:
-            return await replay(
-                connection,
-                settings.dead_letter_queue,
-                settings.queue,
-                selection,
-                ledger,
-                max_replays=max_replays,
-                limit=limit,
-                rate=rate,
-                dry_run=dry_run,
-                options=_options(settings),
-                progress=progress,
-            )
-
-    with show_progress("replaying", bar=not json_) as progress:
-        summary = on_broker(settings, work)
-    if json_:
-        print_json(summary.to_json())
-    else:
-        show_replay(summary)
-
-
-dlq_app.command("replay")(replay_command)
-
-
-@dlq_app.command("purge")
-def purge_command(
-    tenant: Tenants = None,
-    category: Categories = None,
-    code: Codes = None,
-    type_: Types = None,
-    fingerprint: Fingerprints = None,
-    since: Since = None,
-    older_than: OlderThan = None,
-    id_: Ids = None,
-    reason: Annotated[
-        str,
-        typer.Option(metavar="TEXT", help="Recorded in the ledger as how each was resolved."),
-    ] = "purged from the dead-letter queue",
-    yes: Annotated[bool, typer.Option("--yes", help="Really delete them.")] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Count what would be purged; touch nothing.")
-    ] = False,
-    every: All = False,
-    json_: Json = False,
-) -> None:
-    """Delete matching dead messages for good (--yes required, or --dry-run to count them).
-
-    With no filter it refuses unless --all (a dry run needs neither). Progress goes to
-    stderr: a bar on a terminal, else a line every 1,000 messages or 2 s.
-    """
-    from ..dlq import NoLedger, open_ledger, purge
-    from ..dlq.render import print_json, show_purge
-
-    selection = filter_or_exit(
-        tenants=tenant, categories=category, codes=code, types=type_,
-        fingerprints=fingerprint, since=since, older_than=older_than, ids=id_,
-    )  # fmt: skip
-    if not dry_run:
-        _all_or_exit(selection, every, "purge")
-        if not yes:
-            raise fail(
-                "purge deletes messages for good: add --yes (see them first with "
-                "--dry-run, or `dlq list` and the same filters)",
-                Exit.USAGE,
-            )
-    if not reason.strip():
-        raise fail("--reason must not be empty", Exit.USAGE)
-    settings = settings_or_exit()
-
-    async def work(connection: AbstractConnection) -> PurgeSummary:
-        if dry_run:  # nothing is recorded: no need to reach the ledger
-            return await purge(
-                connection, settings.dead_letter_queue, selection, NoLedger(), reason,
-                dry_run=True, options=_options(settings), progress=progress,
-            )  # fmt: skip
-        async with open_ledger(settings.database_url) as ledger:
-            return await purge(
-                connection, settings.dead_letter_queue, selection, ledger, reason,
-                options=_options(settings), progress=progress,
-            )  # fmt: skip
-
-    with show_progress("purging", bar=not json_) as progress:
-        summary = on_broker(settings, work)
-    if json_:
-        print_json(summary.to_json())
-    else:
-        show_purge(summary)

@@ -6,16 +6,16 @@ used, when it answers, to declare the held queue at once and to count what each 
 
 from __future__ import annotations
 
-import getpass
-import socket
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .common import (
     EXIT_CODES,
+    Actor,
     Exit,
     Json,
+    actor_name,
     connect_broker,
     database_url,
     fail,
@@ -46,14 +46,6 @@ Number = Annotated[
 Reason = Annotated[
     str | None, typer.Option("--reason", metavar="TEXT", help="Why: kept in the audit trail.")
 ]
-Actor = Annotated[
-    str | None,
-    typer.Option("--actor", metavar="NAME", help="Who, in the audit trail (default: user@host)."),
-]
-
-
-def _actor(given: str | None) -> str:
-    return given or f"{getpass.getuser()}@{socket.gethostname()} (cli)"
 
 
 def _run(work: Any) -> Any:
@@ -110,7 +102,7 @@ def pause_command(
     """Hold the tenant's (or number's) messages from now on: not sent, not dead."""
 
     async def work(controls: TenantControls) -> TenantState:
-        return await controls.pause(tenant, number, reason=reason or "", actor=_actor(actor))
+        return await controls.pause(tenant, number, reason=reason or "", actor=actor_name(actor))
 
     _show([_run(work)], as_json)
 
@@ -126,7 +118,7 @@ def resume_command(
     """Send again: held messages go back in their order, at the number's rate."""
 
     async def work(controls: TenantControls) -> TenantState:
-        return await controls.resume(tenant, number, reason=reason or "", actor=_actor(actor))
+        return await controls.resume(tenant, number, reason=reason or "", actor=actor_name(actor))
 
     _show([_run(work)], as_json)
 
@@ -142,7 +134,7 @@ def drain_command(
     """Send what is held now, and hold what comes from now on."""
 
     async def work(controls: TenantControls) -> TenantState:
-        return await controls.drain(tenant, number, reason=reason or "", actor=_actor(actor))
+        return await controls.drain(tenant, number, reason=reason or "", actor=actor_name(actor))
 
     _show([_run(work)], as_json)
 

@@ -3,37 +3,27 @@ message, edit one and send it again, resolve a group, pause, resume or drain a t
 
 Each takes a reason and records who did it, when and why in the audit trail (the tenant
 controls record themselves). Moving and removing dead messages goes through the DLQ tools
-(``dlq.replay``, ``dlq.purge``), one pass at a time (``Console.claim_dlq``).
-
-Edit and retry keeps the guarantees of a replay: the edited body is validated like any
-message, published to the main queue with a publisher confirm and an ``x-replay-count`` one
-above the dead copy's (so the ledger lets the daemon claim it again), and only then is the
-original removed from the DLQ, by a purge of that one message that died before the edit
-(a copy of the edit that dies again meanwhile is not touched). The original body stays in
-the ledger's mirror of the DLQ, its row marked ``edited``.
+(``dlq.replay``, ``dlq.purge``, ``dlq.edit``, shared with the CLI), one pass at a time
+(``Console.claim_dlq``); their errors become the console's here (``_translated``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import aio_pika
 import aiormq
-import orjson
 
-from .. import headers as h
+from ..dlq.canary import MAX_REPLAYS
+from ..dlq.edit import prepare_edit, send_edit
 from ..dlq.filters import Filter
-from ..dlq.ledger import DeadKey, DlqLedger, Key, open_ledger
-from ..dlq.replay import H_REPLAYED_AT, purge, replay
+from ..dlq.ledger import open_ledger
+from ..dlq.replay import purge, replay
 from ..dlq.sweep import PassOptions
 from ..errors import InvalidMessage, WaConsumerError
 from ..ledger.audit import record_action
-from ..message import parse
-from ..settle import now_iso
-from .jobs import MAX_REPLAYS
 from .problems import Invalid, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -41,27 +31,8 @@ if TYPE_CHECKING:
     from ..ledger.dead import DeadDetail
     from .state import Console
 
-H_EDITED_BY: Final = "x-edited-by"
 _MAX_REASON: Final = 500
-_CONFIRM_TIMEOUT: Final = 10.0
 TENANT_ACTIONS: Final = ("pause", "resume", "drain")
-
-
-class _AsEdited:
-    """The purge's ledger seam, the original's row in the DLQ's mirror marked ``edited``
-    (sent again, changed) rather than ``resolved``."""
-
-    def __init__(self, inner: DlqLedger) -> None:
-        self._inner = inner
-
-    async def sent(self, keys: Sequence[Key]) -> set[Key]:
-        return await self._inner.sent(keys)
-
-    async def resolve(self, keys: Sequence[Key], note: str) -> int:
-        return await self._inner.resolve(keys, note)
-
-    async def settle_dead(self, keys: Sequence[DeadKey], state: str, note: str | None) -> int:
-        return await self._inner.settle_dead(keys, "edited", note)
 
 
 def reason_of(text: str | None) -> str:
@@ -136,73 +107,16 @@ async def replay_one(console: Console, dead_id: int, *, actor: str, reason: str)
 async def edit_and_retry(
     console: Console, dead_id: int, body: str, *, actor: str, reason: str
 ) -> dict[str, Any]:
-    """Send an edited copy of a dead message, then remove the original from the DLQ."""
+    """Send an edited copy of a dead message, then remove the original from the DLQ
+    (``dlq.edit``: validated like any message, confirmed, the original kept in the ledger)."""
     detail = await _detail(console, dead_id)
-    row, s = detail.row, console.settings
-    raw = body.strip().encode()
+    s = console.settings
     async with _translated():
-        message = parse(raw, s.max_message_bytes)  # InvalidMessage: a 422 with the reason
-    if message.internal_id != row.internal_id or (
-        row.tenant_id is not None and message.tenant_id != row.tenant_id
-    ):
-        raise Invalid(
-            "metadata.tenantId and metadata.internalId must stay as they were: the edit "
-            "replaces this message, it does not make another"
-        )
-    replays = max(row.replays, h.count_or_zero(detail.headers, h.REPLAY_COUNT))
-    if detail.record is not None:
-        replays = max(replays, int(detail.record.get("replays") or 0))
-    edited_at = datetime.now(UTC)
-    headers = h.carry(detail.headers)
-    headers.pop(h.DELIVERIES, None)
-    headers.update(
-        {
-            h.RETRY_COUNT: 0,
-            h.REPLAY_COUNT: replays + 1,
-            H_REPLAYED_AT: now_iso(),
-            H_EDITED_BY: h.text(actor),
-        }
-    )
-    copy = aio_pika.Message(
-        orjson.dumps(orjson.loads(raw)),  # compact, as producers send it
-        headers=headers,
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.internal_id,
-        timestamp=edited_at,
-    )
-    note = f"edited and retried by {actor}"
-    async with console.claim_dlq(), _translated(), console.pass_connection() as broker:
-        channel = await broker.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            confirmed = await channel.default_exchange.publish(
-                copy, routing_key=s.queue, mandatory=True, timeout=_CONFIRM_TIMEOUT
+        edit = prepare_edit(detail, body.encode(), s.max_message_bytes)  # a 422 with the reason
+        async with console.claim_dlq(), console.pass_connection() as broker:
+            return await send_edit(
+                edit, broker, s, dead=console.dead, db=console.db, actor=actor, reason=reason
             )
-        finally:
-            await channel.close()
-        if not isinstance(confirmed, aiormq.spec.Basic.Ack):
-            raise Unavailable("the broker did not confirm the edited message; nothing changed")
-        async with open_ledger(s.database_url) as ledger:
-            purged = await purge(
-                broker, s.dead_letter_queue, _one(detail, before=edited_at),
-                _AsEdited(ledger), note, options=_options(console),
-            )  # fmt: skip
-    if not purged.removed:  # no copy left in the DLQ: the row is all there is to mark
-        await console.dead.mark([dead_id], "edited", note)
-    result = {
-        "dead_id": dead_id,
-        "tenant_id": message.tenant_id,
-        "internal_id": message.internal_id,
-        "replay_count": replays + 1,
-        "published_to": s.queue,
-        "removed_from_dlq": purged.removed,
-    }
-    await record_action(
-        console.db, actor=actor, action="message_edit_retry",
-        target=f"message:{message.internal_id}", reason=reason,
-        details={**result, "original": detail.body.decode("utf-8", "replace")},
-    )  # fmt: skip
-    return result
 
 
 async def resolve_group(

@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from ..dlq.canary import MAX_REPLAYS, CanaryItem, rest_filter
 from ..dlq.filters import Filter
 from .problems import NotFound
 
-MAX_REPLAYS: Final = 3  # as `dlq replay`: a message replayed this often stays in the DLQ
+__all__ = ["ACTIVE", "MAX_REPLAYS", "CanaryItem", "Jobs", "Phase", "ReplayJob"]
+
 _KEEP_FINISHED: Final = 50  # finished jobs remembered, newest first
 _STOP_GRACE: Final = 30.0  # seconds a job has to stop when the console shuts down
 
@@ -37,14 +39,6 @@ class Phase(StrEnum):
 
 
 ACTIVE: Final = frozenset({Phase.CANARY, Phase.RUNNING})
-
-
-@dataclass(frozen=True, slots=True)
-class CanaryItem:
-    dead_id: int
-    tenant_id: str | None
-    internal_id: str
-    replays_before: int  # its replay count when it died: more afterwards means replayed
 
 
 @dataclass(eq=False)
@@ -74,7 +68,12 @@ class ReplayJob:
     @property
     def selection(self) -> Filter:
         """The group as it was when the job began."""
-        return Filter(fingerprints=(self.fingerprint,), before=self.created_at)
+        return rest_filter(self.group, self.created_at)
+
+    @property
+    def group(self) -> Filter:
+        """The group, whenever its messages died."""
+        return Filter(fingerprints=(self.fingerprint,))
 
     def to_json(self) -> dict[str, Any]:
         return {

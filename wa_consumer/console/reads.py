@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import aiormq
 import asyncpg
 
+from ..dlq import canary
 from ..dlq.filters import Filter
 from ..errors import WaConsumerError
 from ..ledger.audit import recent_actions
@@ -51,19 +52,6 @@ WHERE d.received_at > now() - make_interval(secs => $1) AND d.accepted_at IS NOT
 GROUP BY 1, 2
 ORDER BY 3 DESC, 1, 2
 LIMIT 200
-"""
-
-# A canary message's record: by (tenant, internalId), or any tenant's when none was read.
-_OUTCOMES = """
-SELECT k.tenant_id, k.internal_id, m.status, m.replays, m.wamid, m.last_error_category,
-    m.last_error_code, m.last_error_message
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k (tenant_id, internal_id, n)
-LEFT JOIN LATERAL (
-    SELECT * FROM wa_messages m
-    WHERE m.internal_id = k.internal_id AND (k.tenant_id IS NULL OR m.tenant_id = k.tenant_id)
-    ORDER BY m.updated_at DESC LIMIT 1
-) m ON true
-ORDER BY k.n
 """
 
 
@@ -345,40 +333,11 @@ async def message_view(console: Console, dead_id: int) -> MessageView:
     )
 
 
-async def canary_outcomes(console: Console, job: ReplayJob) -> list[dict[str, Any]]:
-    """Each canary message's state in the ledger: sent, dead (again) or pending."""
-    rows = await console.db.fetch(
-        _OUTCOMES, [c.tenant_id for c in job.canary], [c.internal_id for c in job.canary]
-    )
-    out = []
-    for item, row in zip(job.canary, rows, strict=True):
-        status, replays = row["status"], row["replays"]
-        if status == "sent":
-            outcome = "sent"
-        elif status in ("dead", "dying") and (replays or 0) > item.replays_before:
-            outcome = "dead"
-        else:
-            outcome = "pending"
-        out.append(
-            {
-                "dead_id": item.dead_id,
-                "tenant_id": row["tenant_id"],
-                "internal_id": item.internal_id,
-                "outcome": outcome,
-                "status": status,
-                "wamid": row["wamid"],
-                "category": row["last_error_category"] if outcome == "dead" else None,
-                "code": row["last_error_code"] if outcome == "dead" else None,
-                "error": row["last_error_message"] if outcome == "dead" else None,
-            }
-        )
-    return out
-
-
 async def job_view(console: Console, job: ReplayJob) -> dict[str, Any]:
     """A group replay with its canary's outcomes, counted."""
-    outcomes = await canary_outcomes(console, job)
-    counts = {"sent": 0, "dead": 0, "pending": 0}
-    for o in outcomes:
-        counts[o["outcome"]] += 1
-    return {**job.to_json(), "canary": outcomes, "canary_outcomes": counts}
+    found = await canary.outcomes(console.db, job.canary)
+    return {
+        **job.to_json(),
+        "canary": [o.to_json() for o in found],
+        "canary_outcomes": canary.counts(found),
+    }

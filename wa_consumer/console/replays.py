@@ -3,7 +3,7 @@ background of the console.
 
 1. **Canary**: ``canary`` messages of the group, picked from the ledger's mirror of the DLQ
    (so which ones is known), are replayed at once: ``replay`` with the group's fingerprint
-   and their ids.
+   and their ids (``dlq.canary``, shared with ``dlq replay --canary``).
 2. **Waiting**: their outcomes are read from the ledger (``wa_messages``: sent, dead again,
    or still pending) while the operator decides: continue or stop.
 3. **Running**: the rest of the group is replayed at ``rate`` messages per second.
@@ -32,19 +32,19 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiormq
 import asyncpg
 
-from ..dlq.filters import Filter
+from ..dlq import canary as canaries
 from ..dlq.ledger import DeadKey, DlqLedger, Key, open_ledger
 from ..dlq.replay import replay
 from ..dlq.sweep import QUORUM_SETTLE_GRACE, PassOptions
 from ..errors import WaConsumerError
 from ..ledger.audit import record_action
 from ..logs import get_logger
-from .jobs import MAX_REPLAYS, CanaryItem, Phase, ReplayJob
+from .jobs import MAX_REPLAYS, Phase, ReplayJob
 from .problems import Busy, ConsoleError, Invalid, NotFound
 
 if TYPE_CHECKING:
@@ -80,6 +80,9 @@ class _Counting:
     async def settle_dead(self, keys: Sequence[DeadKey], state: str, note: str | None) -> int:
         return await self._inner.settle_dead(keys, state, note)
 
+    async def record(self, **action: Any) -> None:
+        await self._inner.record(**action)
+
 
 def _options(console: Console, rate: float | None) -> PassOptions:
     grace = QUORUM_SETTLE_GRACE if console.settings.queue_type == "quorum" else 0.0
@@ -98,14 +101,9 @@ async def start(
     await lock.acquire()  # at once (it is free), so no other pass starts meanwhile
     job = ReplayJob(fingerprint, actor, reason, canary, rate)
     try:
-        rows = await console.dead.page(
-            Filter(fingerprints=(fingerprint,)), limit=max(50, 3 * canary)
+        job.canary = await canaries.pick(
+            console.dead, job.group, canary, before=job.created_at, max_replays=MAX_REPLAYS
         )
-        job.canary = [
-            CanaryItem(r.id, r.tenant_id, r.internal_id, r.replays)
-            for r in rows
-            if r.internal_id and r.replays < MAX_REPLAYS and r.died_at < job.created_at
-        ][:canary]
         if not job.canary:
             raise NotFound(f"group {fingerprint} has no dead message that may be replayed")
         await record_action(
@@ -183,12 +181,11 @@ async def _run(console: Console, job: ReplayJob, lock: asyncio.Lock, *, canary: 
         async with console.pass_connection() as broker, open_ledger(s.database_url) as opened:
             ledger = _Counting(opened, counted)
             if canary:
-                ids = frozenset(c.internal_id for c in job.canary)
-                selection = Filter(fingerprints=(job.fingerprint,), ids=ids, before=job.created_at)
+                selection = canaries.canary_filter(job.group, job.canary, job.created_at)
                 summary = await replay(
                     broker, s.dead_letter_queue, s.queue, selection, ledger,
-                    max_replays=MAX_REPLAYS, limit=len(ids), options=_options(console, None),
-                    progress=progress,
+                    max_replays=MAX_REPLAYS, limit=len(job.canary),
+                    options=_options(console, None), progress=progress,
                 )  # fmt: skip
                 job.canary_replayed = summary.replayed
             else:

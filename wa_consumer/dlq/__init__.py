@@ -1,4 +1,4 @@
-"""Operator tools for the dead-letter queue (SPEC §8): stats, list, show, replay, purge.
+"""Operator tools for the dead-letter queue (SPEC §8): stats, list, show, replay, purge, edit.
 
 With the ledger on, stats, list and show read its mirror of the DLQ (``mirror``, the table
 ``wa_dead`` the daemon writes at each death) and never touch the queue. Otherwise, and for
@@ -13,6 +13,8 @@ grow with its length. The module docstring of ``sweep`` gives the reasoning.
     sweep     the pass itself: order, confirms, bounded memory
     inspect   stats, list, show (keep every message)
     replay    replay and purge
+    canary    a group replay's canary: pick it, its outcomes (the console and the CLI)
+    edit      edit a dead message and send it again (the console and the CLI)
     ledger    what the commands ask of the ledger (sent? record a resolution)
     mirror    stats, list, show from the ledger's mirror of the DLQ
     render    tables for people

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ..ledger.queries import parse_age
 from .record import DeadRecord
@@ -105,3 +106,23 @@ class Filter:
     @property
     def empty(self) -> bool:
         return self == Filter()
+
+    def target(self, queue: str) -> str:
+        """What an action on these messages is recorded against in the audit trail: one
+        message, one group (as the console names them), or the queue."""
+        if len(self.ids) == 1:
+            return f"message:{next(iter(self.ids))}"
+        if len(self.fingerprints) == 1:
+            return f"group:{self.fingerprints[0]}"
+        return f"dlq:{queue}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields given, for the audit trail."""
+        out: dict[str, Any] = {}
+        for name in ("tenants", "categories", "codes", "types", "fingerprints", "ids"):
+            if value := getattr(self, name):
+                out[name] = sorted(value)
+        for name in ("since", "before"):
+            if (at := getattr(self, name)) is not None:
+                out[name] = at.isoformat()
+        return out

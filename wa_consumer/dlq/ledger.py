@@ -19,7 +19,13 @@ The ledger also mirrors the DLQ (``wa_dead``, one row per death): ``settle_dead`
 replayed or purged message's row out of state ``dead``, so that reads from the ledger keep
 agreeing with the queue. Its rows are keyed as the daemon wrote them: the tenant of the
 copy's ``x-tenant-id`` (the body's otherwise; None matches the rows that named none), the
-internalId, and the fingerprint when the message carries the daemon's reason.
+internalId, the fingerprint when the message carries the daemon's reason, and the copy's
+replay count: a row of a later death (more replays) is never this copy's. Without that, a
+replayed copy the daemon took and killed again before the replay marked the row would have
+its new death's row marked ``replayed`` while it sits in the DLQ.
+
+``record`` adds what a command did to the audit trail (``wa_actions``): who, why, the filter
+and what it changed. Without a ledger nothing is recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from .. import headers as h
 from ..errors import LedgerUnavailable
+from ..ledger.audit import record_action
 from ..ledger.queries import resolve
 from .record import DeadRecord
 
@@ -59,8 +66,9 @@ def ledger_key(record: DeadRecord) -> Key:
     return (record.ledger_tenant, record.internal_id or "")
 
 
-DeadKey: TypeAlias = tuple[str | None, str, str | None]
-"""(tenant_id, internal_id, fingerprint) of a message's row in the DLQ's mirror (``wa_dead``)."""
+DeadKey: TypeAlias = tuple[str | None, str, str | None, int]
+"""(tenant_id, internal_id, fingerprint, replays) of a message's row in the DLQ's mirror
+(``wa_dead``)."""
 
 
 def dead_key(record: DeadRecord, headers: Mapping[str, Any] | None) -> DeadKey:
@@ -72,6 +80,7 @@ def dead_key(record: DeadRecord, headers: Mapping[str, Any] | None) -> DeadKey:
         tenant if isinstance(tenant, str) and tenant else record.ledger_tenant,
         record.internal_id or "",
         record.fingerprint if ours else None,
+        record.replay_count,
     )
 
 
@@ -92,6 +101,18 @@ class DlqLedger(Protocol):
         ``resolved``); returns rows changed."""
         ...
 
+    async def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str,
+        reason: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Add one action to the audit trail."""
+        ...
+
 
 class NoLedger:
     """No database configured: nothing is known to be sent, nothing is recorded."""
@@ -104,6 +125,9 @@ class NoLedger:
 
     async def settle_dead(self, keys: Sequence[DeadKey], state: str, note: str | None) -> int:
         return 0
+
+    async def record(self, **action: Any) -> None:
+        pass
 
 
 class PostgresDlqLedger:
@@ -128,6 +152,9 @@ class PostgresDlqLedger:
         from ..ledger.dead import DeadLetters  # not at import: it imports this package
 
         return await DeadLetters(self._connection).mark_keys(keys, state, note)
+
+    async def record(self, **action: Any) -> None:
+        await self._guard(record_action(self._connection, **action))
 
     @staticmethod
     async def _guard(work: Any) -> Any:

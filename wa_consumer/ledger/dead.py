@@ -107,8 +107,9 @@ class DeadStats:
     oldest_internal_id: str | None = None
 
 
-DeadKey: TypeAlias = tuple[str | None, str, str | None]
-"""(tenant_id, internal_id, fingerprint) of a message read from the DLQ; None: not known."""
+DeadKey: TypeAlias = tuple[str | None, str, str | None, int]
+"""(tenant_id, internal_id, fingerprint, replays) of a message read from the DLQ; None: not
+known."""
 
 
 @dataclass(slots=True)
@@ -272,9 +273,11 @@ class DeadLetters:
         """``mark`` for messages read from the DLQ, one row each (see ``PICK_KEYS``)."""
         if not keys:
             return 0
-        tenants, internal_ids, prints = (list(c) for c in zip(*keys, strict=True))
-        sql = q.MARK.format(pick=q.PICK_KEYS, state="$4", resolution="$5")
-        work = self._db.fetchval(sql, tenants, internal_ids, prints, _state(state), resolution)
+        tenants, internal_ids, prints, replays = (list(c) for c in zip(*keys, strict=True))
+        sql = q.MARK.format(pick=q.PICK_KEYS, state="$5", resolution="$6")
+        work = self._db.fetchval(
+            sql, tenants, internal_ids, prints, replays, _state(state), resolution
+        )
         return await self._marked(work)
 
     async def _marked(self, work: Awaitable[Any]) -> int:

@@ -217,21 +217,24 @@ SELECT count(*) FROM marked
 PICK_IDS = "SELECT unnest($1::bigint[]) AS id"
 # One row per DLQ message: the k-th message with a key takes the k-th oldest row of it. A
 # NULL tenant matches the rows with none (bodies that named none); a NULL fingerprint (a
-# message the broker dead-lettered, with no reason of ours) matches any.
+# message the broker dead-lettered, with no reason of ours) matches any. A row with more
+# replays than the message is a later death (of a replayed copy, already back in the DLQ),
+# never this message's.
 PICK_KEYS = """
     SELECT p.id
     FROM (
-        SELECT k.tenant_id, k.internal_id, k.fingerprint,
+        SELECT k.tenant_id, k.internal_id, k.fingerprint, k.replays,
             row_number() OVER (PARTITION BY k.tenant_id, k.internal_id, k.fingerprint
                                ORDER BY k.n) AS r
-        FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
-            AS k (tenant_id, internal_id, fingerprint, n)
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) WITH ORDINALITY
+            AS k (tenant_id, internal_id, fingerprint, replays, n)
     ) AS k
     CROSS JOIN LATERAL (
         SELECT w.id FROM wa_dead w
         WHERE w.state = 'dead' AND w.internal_id = k.internal_id
           AND w.tenant_id IS NOT DISTINCT FROM k.tenant_id
           AND (k.fingerprint IS NULL OR w.fingerprint = k.fingerprint)
+          AND w.replays <= k.replays
         ORDER BY w.id
         OFFSET k.r - 1 LIMIT 1
     ) AS p
