@@ -69,7 +69,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 
 # Exec form: wa-consumer is PID 1 and gets SIGTERM itself. It installs its own SIGTERM/SIGINT
 # handlers (graceful drain within WA_SHUTDOWN_GRACE_SECONDS; a second signal cuts the grace)
-# and starts no child processes, so no init (tini) is needed to forward signals or reap.
+# and starts no child processes, so no init (tini) is needed to forward signals or reap; with
+# `run --workers N` it is the supervisor, which passes signals on and reaps its workers itself.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["wa-consumer"]
 CMD ["run"]

@@ -5,11 +5,19 @@ Every round measures, in this order, over N messages pre-filled for each measure
 floor      a bare aio-pika consume+ack loop (same prefetch, same uvloop) in this process;
 zero-off   ``python -m wa_consumer run`` against the sandbox at 0 ms, no ledger;
 zero-on    the same with the ledger (a scratch PostgreSQL database for the run);
-latency    the sandbox at 100 ms, ledger on, ``WA_PREFETCH=500``.
+latency    the sandbox at 100 ms, ledger on, ``WA_PREFETCH=500``;
+plain, plain-zero, plain-tls
+           the aio-pika + aiohttp consumer a user would write (at 100 ms, at 0 ms, and at
+           100 ms over HTTPS);
+latency-tls
+           ``latency`` over HTTPS (issue 17): the sandbox's TLS port, its CA (made at its
+           start) trusted through ``WA_GRAPH_CA_FILE``; HTTP/1.1.
 
 It reports the median rate of each, the ratios the issues set targets for (0 ms ledger-on
 over the floor, ledger-on over ledger-off, the 100 ms rate over min(0 ms rate,
-prefetch/latency)) and the daemon's peak resident memory, each with PASS or MISS; the
+prefetch/latency), the TLS daemon over the TLS plain consumer) and the daemon's peak resident
+memory, each with PASS or MISS, and per sender its CPU µs per message and the connections it
+opened (the sandbox counts them; over TLS each is a handshake); the
 figures also go to ``--json`` (default ``bench-results/latest.json``). Everything runs in a
 RabbitMQ vhost and a PostgreSQL database of its own, both removed at the end, also on
 failure or Ctrl-C. Every wait has a deadline (``--deadline``).

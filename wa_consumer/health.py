@@ -7,6 +7,8 @@
   readiness probe. The ledger check is a ``SELECT 1`` bounded at 2 s: give the probe a
   timeout of 3 s or more.
 - ``/metrics``: the daemon's own registry, Prometheus text (or OpenMetrics when asked).
+  ``refresh``, when given, runs before each scrape (``run --workers`` gathers its workers'
+  metrics into the registry then).
 
 Scrapes and probes are not access-logged: they would drown the message lines.
 """
@@ -27,13 +29,18 @@ log = get_logger("health")
 Readiness = Callable[[], Awaitable[dict[str, str]]]
 """Each check's state: ``"ok"`` when it passes, else why not."""
 
+Refresh = Callable[[], Awaitable[None]]
+
 
 class HealthServer:
     """The HTTP side of the daemon: metrics and probes, on one aiohttp runner."""
 
-    def __init__(self, registry: CollectorRegistry, readiness: Readiness) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, readiness: Readiness, refresh: Refresh | None = None
+    ) -> None:
         self._registry = registry
         self._readiness = readiness
+        self._refresh = refresh
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -65,6 +72,8 @@ class HealthServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        if self._refresh is not None:
+            await self._refresh()
         return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:

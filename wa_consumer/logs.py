@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import logging
 import re
+import select
 import sys
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO
@@ -43,12 +44,18 @@ class _LineBatch:
 
     A write and flush per line is a system call per message on the hot path; lines produced
     in the same loop turn go out together at its end (at once when no loop runs).
+
+    With ``atomic`` (a worker of ``run --workers``, sharing its stdout with the others) each
+    write is whole lines of at most ``PIPE_BUF`` bytes: a pipe never interleaves such a write
+    with another process's, so no line is cut by a neighbour's (one longer than that alone can
+    be).
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, *, atomic: bool = False) -> None:
         self._stream = stream
         self._pending = bytearray()
         self._scheduled = False
+        self._most = select.PIPE_BUF if atomic else 0
 
     def write(self, line: bytes) -> None:
         self._pending += line
@@ -65,10 +72,31 @@ class _LineBatch:
 
     def flush(self) -> None:
         self._scheduled = False
-        if self._pending:
-            self._stream.write(self._pending)
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) <= self._most or not self._most:
+            self._stream.write(pending)
             self._stream.flush()
-            self._pending.clear()
+        else:
+            for start, end in _pieces(pending, self._most):
+                self._stream.write(pending[start:end])
+                self._stream.flush()  # one write(2) each
+        pending.clear()
+
+
+def _pieces(lines: bytearray, most: int) -> list[tuple[int, int]]:
+    """Spans of whole lines of at most ``most`` bytes (a longer line is a span alone)."""
+    spans: list[tuple[int, int]] = []
+    start, size = 0, len(lines)
+    while start < size:
+        end = start + most
+        if end < size:
+            cut = lines.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= 0 else lines.find(b"\n", end) + 1 or size
+        spans.append((start, min(end, size)))
+        start = min(end, size)
+    return spans
 
 
 class _BatchedLogger:
@@ -83,17 +111,29 @@ class _BatchedLogger:
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Configure structlog and route stdlib logging (aio-pika, aiohttp) through it."""
+def configure_logging(
+    level: str = "INFO",
+    fmt: str = "json",
+    *,
+    worker: int | None = None,
+    shared_stdout: bool = False,
+) -> None:
+    """Configure structlog and route stdlib logging (aio-pika, aiohttp) through it.
+
+    ``worker``: the index of a worker of ``run --workers``, a ``worker`` field on every line.
+    ``shared_stdout``: other processes write to it too (the supervisor and its workers).
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if worker is not None:
+        shared.append(_WorkerField(worker))
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        lines = _LineBatch(sys.stdout.buffer)
+        lines = _LineBatch(sys.stdout.buffer, atomic=shared_stdout or worker is not None)
         atexit.register(lines.flush)
         factory: Any = lambda *_: _BatchedLogger(lines)  # noqa: E731
     else:
@@ -121,6 +161,19 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+
+
+class _WorkerField:
+    """Adds ``worker`` (its index) to each line of a worker process."""
+
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    def __call__(
+        self, _: Any, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event["worker"] = self._index
+        return event
 
 
 def get_logger(name: str) -> Any:

@@ -197,6 +197,18 @@ class Settings(BaseSettings):
     # Queues whose head message is peeked for its age (wa_consumer/probe.py says what it costs)
     metrics_queue_peek: list[Literal["main", "wait", "dead"]] = Field(default=["main"])
 
+    # Workers (`run --workers N`, wa_consumer/supervisor): restarts of one worker allowed in
+    # the window before the supervisor gives up (0: the first death ends it); the index is
+    # the supervisor's to set in each worker it starts (the `worker` field of its log lines)
+    worker_restart_limit: int = Field(default=5, ge=0)
+    worker_restart_window_seconds: float = Field(default=300.0, gt=0)
+    worker_index: int | None = Field(default=None, ge=0)
+
+    @field_validator("worker_index", mode="before")
+    @classmethod
+    def _no_index(cls, value: object) -> object:
+        return None if value == "" else value  # WA_WORKER_INDEX= (empty): not a worker
+
     # Alerts (an error line with alert=true, wa_alerts_total, and the webhook when set)
     alert_webhook_url: SecretStr | None = None  # may carry a secret in its path: never logged
     alert_dead_rate: float = Field(default=60.0, ge=0)  # dead messages per minute; 0: off

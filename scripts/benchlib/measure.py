@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,10 +117,22 @@ async def measure(scenario: Scenario, round_no: int, ctx: Context) -> Run:
 class PlainSender:
     """The send of a hand-written consumer: one aiohttp session, a token per tenant, a POST."""
 
-    def __init__(self, sandbox_url: str, version: str, in_flight: int) -> None:
-        self.url = sandbox_url
+    def __init__(
+        self,
+        sandbox_url: str,
+        version: str,
+        in_flight: int,
+        *,
+        tls_url: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.url = sandbox_url  # the tenant service
+        self.send_url = tls_url or sandbox_url  # the Cloud API: over TLS when given
         self.version = version
-        connector = aiohttp.TCPConnector(limit=in_flight)
+        context: ssl.SSLContext | bool = True
+        if ca_file is not None:  # what a user would write: the system's roots plus the CA
+            context = ssl.create_default_context(cafile=str(ca_file))
+        connector = aiohttp.TCPConnector(limit=in_flight, ssl=context)
         self.session = aiohttp.ClientSession(connector=connector)
         self.tenants: dict[str, tuple[str, str]] = {}  # tenant -> (token, phone number id)
         self.failed = 0
@@ -134,7 +147,7 @@ class PlainSender:
             self.tenants[tenant] = (creds["accessToken"], creds["phoneNumberId"])
         token, number = self.tenants[tenant]
         async with self.session.post(
-            f"{self.url}/{self.version}/{number}/messages",
+            f"{self.send_url}/{self.version}/{number}/messages",
             data=orjson.dumps(message["wabaPayload"]),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         ) as response:
@@ -157,8 +170,15 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         if sandbox is None:
             raise BenchError(f"{what}: no sandbox")
         await sandbox.set_latency(scenario.latency_ms)
-        sender = PlainSender(sandbox.url, settings.graph_api_version, scenario.prefetch)
+        sender = PlainSender(
+            sandbox.url,
+            settings.graph_api_version,
+            scenario.prefetch,
+            tls_url=sandbox.tls_url if scenario.tls else None,
+            ca_file=sandbox.ca_file if scenario.tls else None,
+        )
         processes["sandbox"] = pid_cpu(sandbox.process.pid)
+        connections_before = await sandbox.connections()
     admin = await bounded(aio_pika.connect(ctx.amqp_url, timeout=10), 15, "connect")
     try:
         await declare_topology(admin, settings)
@@ -212,6 +232,9 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         await close_quietly(admin)
         if sender is not None:
             await sender.session.close()
+    detail: dict[str, Any] = {}
+    if sender is not None and ctx.sandbox is not None:
+        detail = opened_since(connections_before, await ctx.sandbox.connections(), scenario)
 
     seconds = marks[n] - marks[0]
     return Run(
@@ -223,7 +246,20 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         steady_rate=((9 * n) // 10 - n // 10) / (marks[(9 * n) // 10] - marks[n // 10]),
         prefill_rate=prefill_rate,
         cpu=meter.shares,
+        cpu_us=per_unit(meter.used, n),
+        detail=detail,
     )
+
+
+def opened_since(
+    before: tuple[int, int], after: tuple[int, int], scenario: Scenario
+) -> dict[str, Any]:
+    """Connections the client opened to the sandbox during a measurement: over TLS, exactly
+    the client's; over plain HTTP, plus any the bench's own admin session opened (rarely)."""
+    return {
+        "connections_opened": (after[1] - before[1]) if scenario.tls else (after[0] - before[0]),
+        "tls": scenario.tls,
+    }
 
 
 async def settle(
@@ -276,7 +312,15 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
     sandbox = ctx.sandbox
     if sandbox is None:
         raise BenchError(f"{what}: no sandbox")
-    values = overrides(scenario, ctx.args, ctx.amqp_url, sandbox.url, ctx.database_url)
+    values = overrides(
+        scenario,
+        ctx.args,
+        ctx.amqp_url,
+        sandbox.url,
+        ctx.database_url,
+        tls_url=sandbox.tls_url,
+        ca_file=str(sandbox.ca_file),
+    )
     settings = make_settings(values)
     await sandbox.set_latency(scenario.latency_ms)
     admin = await bounded(aio_pika.connect(ctx.amqp_url, timeout=10), 15, "connect")
@@ -284,6 +328,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         await declare_topology(admin, settings)
         prefill_rate, ids = await prefill(admin, settings, n, ctx.seen_ids)
         before = await bounded(sandbox.stats(), 10, "sandbox stats")
+        connections_before = await sandbox.connections()
         base_requests = int(before["requests"])
         base_outcomes: dict[str, int] = before["by_outcome"]
 
@@ -345,6 +390,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
             if v != base_outcomes.get(k, 0)
         }
         stopped = await daemon.stop(settings.shutdown_grace_seconds + 15, what)
+        detail = opened_since(connections_before, await sandbox.connections(), scenario)
 
         left = {q: count for q, count in (await leftovers(admin, settings)).items() if count}
     finally:
@@ -390,4 +436,5 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         ledger=ledger,
         problems=problems,
         cpu_us=per_unit(meter.used, done) if done else {},
+        detail=detail,
     )

@@ -184,10 +184,15 @@ class Sandbox:
     """The sandbox in its own process (not on the daemon's core); latency set per scenario."""
 
     def __init__(self, workdir: Path, children: Children) -> None:
-        self.port = free_port()
+        # One process, one application on two ports: ``url`` plain HTTP (the plain scenarios,
+        # the tenant service, the admin endpoints), ``tls_url`` HTTPS with a CA made at start.
+        self.port, self.tls_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tls_url = f"https://127.0.0.1:{self.tls_port}"
+        self.ca_file = workdir / "sandbox-tls" / "sandbox-ca.pem"
         self.log = workdir / "sandbox.log"
-        command = [sys.executable, "-m", "wa_consumer.sandbox", "--port", str(self.port)]
+        command = [sys.executable, "-m", "wa_consumer.sandbox", "--port", str(self.tls_port)]
+        command += ["--tls", "--tls-dir", str(self.ca_file.parent), "--plain-port", str(self.port)]
         command += ["--no-request-log", "--no-rules", "--number-rate", "0"]
         self.process = children.spawn(command, self.log)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -212,6 +217,11 @@ class Sandbox:
             response.raise_for_status()
             stats: dict[str, Any] = await response.json()
             return stats
+
+    async def connections(self) -> tuple[int, int]:
+        """Connections opened since the sandbox started: (all, over TLS)."""
+        counted = (await bounded(self.stats(), 10, "sandbox stats"))["connections"]
+        return int(counted["opened"]), int(counted["tls_opened"])
 
     async def set_latency(self, ms: float) -> None:
         """Every answer delayed by ``ms`` from now on (no jitter)."""

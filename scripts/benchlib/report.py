@@ -9,7 +9,12 @@ Targets:
 - issue 7: the daemon's resident memory under 200 MB in every scenario (the higher of the
   sampled ``VmRSS`` and the kernel's ``VmHWM``);
 - the daemon at 100 ms, every feature on, at least as fast as the plain consumer a user would
-  write instead (aio-pika + aiohttp, no features), same latency and prefetch.
+  write instead (aio-pika + aiohttp, no features), same latency and prefetch;
+- issue 17: the same over TLS (``latency-tls`` / ``plain-tls``), at least 1.2.
+
+A block lists, per scenario that sends to the sandbox, the sending process's CPU µs per
+message (the daemon's, or the bench's own for the plain consumer) and the connections it
+opened, as the sandbox counted them (over TLS: handshakes).
 
 Two ratios have no target and are shown for context: that plain consumer at 0 ms against the
 floor (how far the HTTP client alone lets a consumer come), and the daemon against it. The
@@ -72,6 +77,7 @@ def _ratios(medians: dict[str, float | None], latency: Scenario | None) -> dict[
         "ledger_on_over_off": _ratio(m("zero-on"), m("zero-off")),
         "latency_over_bound": _ratio(m("latency"), _bound(medians, latency)),
         "latency_over_plain": _ratio(m("latency"), m("plain")),
+        "latency_tls_over_plain_tls": _ratio(m("latency-tls"), m("plain-tls")),
         "plain_zero_over_floor": _ratio(m("plain-zero"), m("floor")),
         "zero_on_over_plain_zero": _ratio(m("zero-on"), m("plain-zero")),
     }
@@ -120,6 +126,12 @@ def summary(
             "-",
             1.0,
             ("latency", "plain"),
+        ),
+        "latency_tls_over_plain_tls": (
+            f"{ms} ms TLS daemon / aio-pika + aiohttp consumer over TLS",
+            "17",
+            1.2,
+            ("latency-tls", "plain-tls"),
         ),
         "plain_zero_over_floor": (
             "aio-pika + aiohttp 0 ms, no features / floor",
@@ -195,8 +207,67 @@ def summary(
         "scenarios": parts,
         "targets": targets,
         "transports": _transports(results, scenarios),
+        "clients": _clients(results, scenarios),
         "not_clean": unclean,
     }
+
+
+def _client_us(run: Run) -> float | None:
+    """CPU µs per message of the process that sent: the daemon, or the bench's consumer."""
+    if not run.cpu_us:
+        return None
+    return run.cpu_us.get("daemon") if run.pid is not None else run.cpu_us.get("bench")
+
+
+def _clients(results: dict[str, list[Run]], scenarios: Sequence[Scenario]) -> dict[str, Any]:
+    """Per scenario that sends to the sandbox: the sender's CPU per message and the
+    connections it opened (issue 17: over TLS, every connection is a handshake)."""
+    block: dict[str, Any] = {}
+    for scenario in scenarios:
+        if not (scenario.daemon or scenario.http):
+            continue
+        runs = results.get(scenario.key, [])
+        good = clean(runs)
+        indicative = not good  # no clean run: every run, for orientation (marked *)
+        if indicative:
+            good = runs
+        opened = [r.detail["connections_opened"] for r in good if "connections_opened" in r.detail]
+        block[scenario.key] = {
+            "label": scenario.label,
+            "tls": scenario.tls,
+            "http": "HTTP/1.1",
+            "indicative_all_runs": indicative and bool(runs),
+            "median_msg_s": median_or_none([r.rate for r in good]),
+            "median_sender_cpu_us": median_or_none(
+                [u for r in good if (u := _client_us(r)) is not None]
+            ),
+            "median_connections_opened": median_or_none([float(o) for o in opened]),
+            "connections_opened_per_round": opened,
+        }
+    return block
+
+
+def _client_lines(report: dict[str, Any]) -> list[str]:
+    rows = report.get("clients", {})
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"{'sender (CPU of the sending process)':<48}{'msg/s':>9}{'µs/msg':>8}{'conns':>7}",
+    ]
+    for c in rows.values():
+        rate, us, conns = (
+            c["median_msg_s"],
+            c["median_sender_cpu_us"],
+            c["median_connections_opened"],
+        )
+        lines.append(
+            f"{c['label']:<48}{'n/a' if rate is None else f'{rate:,.0f}':>9}"
+            f"{'n/a' if us is None else f'{us:,.0f}':>8}"
+            f"{'n/a' if conns is None else f'{conns:,.0f}':>7}"
+            + ("  * no clean run: over every run" if c["indicative_all_runs"] else "")
+        )
+    return lines
 
 
 def _daemon_us(run: Run) -> float | None:
@@ -277,6 +348,11 @@ def describe(run: Run, label: str) -> str:
         f"  #{run.round} {label}: {run.messages:,} in {run.seconds:.2f} s = {run.rate:,.0f} msg/s"
         f" (steady {run.steady_rate:,.0f}); prefill {run.prefill_rate:,.0f} msg/s; cpu {cpu}"
     )
+    if "connections_opened" in run.detail:
+        us = _client_us(run)
+        text += f"; {run.detail['connections_opened']:,} connections opened"
+        text += " (TLS)" if run.detail.get("tls") else ""
+        text += "" if us is None else f", sender {us:,.0f} µs CPU/msg"
     if run.pid is not None:
         text += (
             f"; start {run.startup_seconds:.2f} s, stop {run.shutdown_seconds:.2f} s;"
@@ -320,6 +396,7 @@ def table(report: dict[str, Any]) -> str:
             f"{'n/a' if rate is None else f'{rate:,.0f}':>9}"
             f"{'n/a' if steady is None else f'{steady:,.0f}':>9}{rss:>9}   {runs}"
         )
+    lines += _client_lines(report)
     lines += _transport_lines(report)
     lines += report_delivery.table(report)
     lines += ["", f"{'target':<58}{'issue':>6}{'value':>9}{'target':>11}"]

@@ -17,6 +17,12 @@ plain
 latency
     The sandbox answering after 100 ms (``--latency-ms``), ledger on, ``WA_PREFETCH=500``
     (``--latency-prefetch``).
+plain-tls, latency-tls
+    ``plain`` and ``latency`` over HTTPS, as Meta serves the Cloud API (issue 17): the
+    sandbox's TLS port, its CA trusted by the plain consumer's aiohttp session and by the
+    daemon through ``WA_GRAPH_CA_FILE``; HTTP/1.1 (the sandbox offers nothing else). The tenant
+    service stays on plain HTTP. Each measurement reports the connections its client opened
+    (counted by the sandbox) and its CPU per message.
 
 Delivery statuses (issue 14), not in the default set (chosen by name in ``--scenarios``):
 
@@ -59,8 +65,19 @@ from wa_consumer.settings import Settings
 
 from .common import free_port
 
-ORDER = ("floor", "zero-off", "zero-on", "plain-zero", "plain", "latency", "webhooks", "statuses")
-DEFAULT = ORDER[:6]  # the delivery-status scenarios only when named
+ORDER = (
+    "floor",
+    "zero-off",
+    "zero-on",
+    "plain-zero",
+    "plain",
+    "latency",
+    "plain-tls",
+    "latency-tls",
+    "webhooks",
+    "statuses",
+)
+DEFAULT = ORDER[:8]  # the delivery-status scenarios only when named
 DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
 STATUSES_PREFETCH = Settings.model_fields["statuses_prefetch"].default
 DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
@@ -85,6 +102,7 @@ class Scenario:
     kind: Kind = "messages"  # what ``rate`` counts: messages sent, webhooks, statuses
     transport: str | None = None  # the daemon's WA_GRAPH_TRANSPORT (None: its default)
     base: str = ""  # the key of the scenario this is a transport's variant of ("": itself)
+    tls: bool = False  # the Cloud API over HTTPS (the sandbox's TLS port, its CA trusted)
 
     def describe(self) -> dict[str, Any]:
         process = "daemon" if self.daemon else "bare aio-pika consumer"
@@ -102,6 +120,7 @@ class Scenario:
             "prefetch": self.prefetch,
             "kind": self.kind,
             "transport": self.transport,
+            "tls": self.tls,
         }
 
 
@@ -137,6 +156,24 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             ms,
             True,
             args.latency_prefetch,
+        ),
+        "plain-tls": Scenario(
+            "plain-tls",
+            f"aio-pika + aiohttp {ms:g} ms TLS, no features",
+            False,
+            ms,
+            prefetch=args.latency_prefetch,
+            http=True,
+            tls=True,
+        ),
+        "latency-tls": Scenario(
+            "latency-tls",
+            f"daemon {ms:g} ms TLS, ledger on",
+            True,
+            ms,
+            True,
+            args.latency_prefetch,
+            tls=True,
         ),
         "webhooks": Scenario(
             "webhooks",
@@ -195,8 +232,15 @@ def overrides(
     amqp_url: str,
     sandbox_url: str,
     database_url: str | None,
+    *,
+    tls_url: str | None = None,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
-    """The settings a measurement sets (field name: value); the daemon defaults the rest."""
+    """The settings a measurement sets (field name: value); the daemon defaults the rest.
+
+    A TLS scenario sends to ``tls_url`` trusting ``ca_file``; the tenant service stays on
+    ``sandbox_url``.
+    """
     tag = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
         "amqp_url": amqp_url,
@@ -213,6 +257,11 @@ def overrides(
         "tenant_service_url": sandbox_url,
         "prefetch": scenario.prefetch,
     }
+    if scenario.tls and tls_url is not None:  # None: only the queue names are wanted
+        if ca_file is None:
+            raise ValueError("a TLS scenario needs the sandbox's CA file")
+        values["graph_api_url"] = tls_url
+        values["graph_ca_file"] = ca_file
     if scenario.daemon:
         values["metrics_port"] = free_port()  # /metrics on, as deployed
         values["log_level"] = args.log_level

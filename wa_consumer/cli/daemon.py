@@ -36,10 +36,30 @@ topology_app = typer.Typer(help="The broker topology.", epilog=EXIT_CODES, no_ar
 
 
 @daemon_app.command()
-def run() -> None:
-    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+def run(
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            metavar="N|auto",
+            help="Daemon processes on the same queue under one supervisor (auto: one per "
+            "core); 1 runs the daemon in this process.",
+        ),
+    ] = "1",
+) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT (with --workers N, N daemons
+    under one supervisor that restarts them, passes signals on and serves one endpoint)."""
     settings = settings_or_exit()
-    configure_logging(settings.log_level, settings.log_format)
+    count = _worker_count(workers)
+    shared = count > 1 or settings.worker_index is not None  # one stdout, several processes
+    configure_logging(
+        settings.log_level, settings.log_format, worker=settings.worker_index, shared_stdout=shared
+    )
+    if count > 1:
+        from ..supervisor import Supervisor
+
+        serve(Supervisor(settings, count).run())
+
     from ..consumer import Daemon
 
     tune_for_serving()
@@ -47,9 +67,24 @@ def run() -> None:
     async def main() -> int:
         daemon = Daemon(settings)
         daemon.install_signal_handlers()
+        if settings.worker_index is not None:  # started by `run --workers N`
+            from ..supervisor import follow_supervisor
+
+            follow_supervisor(daemon.request_stop)
         return await daemon.run()
 
     serve(main())
+
+
+def _worker_count(value: str) -> int:
+    from ..supervisor import worker_count
+
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise fail(
+            f"--workers: expected a number of 1 or more, or auto (got {value!r})", Exit.USAGE
+        ) from None
 
 
 @daemon_app.command()
@@ -244,11 +279,36 @@ def sandbox(
     webhook_batch: Annotated[
         int | None, typer.Option(help="Statuses per webhook POST (default 1).")
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Serve HTTPS with a CA and a certificate made at start; the banner prints "
+            "the CA file for WA_GRAPH_CA_FILE.",
+        ),
+    ] = False,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="With --tls: write the CA, certificate and key here (kept); default a "
+            "temporary directory removed on exit.",
+        ),
+    ] = None,
+    plain_port: Annotated[
+        int,
+        typer.Option(
+            help="With --tls: the same sandbox on plain HTTP here, for the tenant service and "
+            "the admin endpoints (0: any free port, printed).",
+        ),
+    ] = 0,
 ) -> None:
     """A local stand-in for the Cloud API and the tenant service.
 
     With --webhook-url it also sends the status webhooks of what it accepted;
     the rest of their behaviour is the `webhooks` section of the --config file.
+    With --tls it serves HTTPS (HTTP/1.1) like Meta: point WA_GRAPH_CA_FILE at the CA file
+    the banner prints.
     """
     from pydantic import ValidationError
 
@@ -275,7 +335,16 @@ def sandbox(
         )
     except (OSError, ValidationError, ValueError) as exc:
         raise fail(f"sandbox: bad configuration: {exc}", Exit.USAGE) from None
-    run_sandbox(host, DEFAULT_PORT if port is None else port, settings)
+    if tls_dir is not None and not tls:
+        raise fail("sandbox: --tls-dir needs --tls", Exit.USAGE)
+    run_sandbox(
+        host,
+        DEFAULT_PORT if port is None else port,
+        settings,
+        tls=tls,
+        tls_dir=tls_dir,
+        plain_port=plain_port,
+    )
 
 
 @daemon_app.command()

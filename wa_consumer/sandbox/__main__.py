@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("WA_WEBHOOK_APP_SECRET"),
         help="app secret to sign them with (default: $WA_WEBHOOK_APP_SECRET)",
     )
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS, CA made at start")
+    parser.add_argument("--tls-dir", metavar="DIR", help="with --tls: keep the files here")
+    parser.add_argument(
+        "--plain-port", type=int, default=0, help="with --tls: plain HTTP too (0: any free)"
+    )
     return parser
 
 
@@ -66,7 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValidationError, ValueError) as exc:
         print(f"sandbox: bad configuration: {exc}", file=sys.stderr)
         return 2
-    run_sandbox(args.host, args.port, config)
+    if args.tls_dir is not None and not args.tls:
+        print("sandbox: --tls-dir needs --tls", file=sys.stderr)
+        return 2
+    tls_dir = None if args.tls_dir is None else Path(args.tls_dir)
+    run_sandbox(
+        args.host, args.port, config, tls=args.tls, tls_dir=tls_dir, plain_port=args.plain_port
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wa_consumer.sandbox import meta
 from wa_consumer.sandbox.config import WebhookFailure
+from wa_consumer.sandbox.connections import CONNECTIONS_KEY
 from wa_consumer.sandbox.state import SandboxState
 from wa_consumer.sandbox.statuses import Message, category_of, failure_error, waba_id
 from wa_consumer.sandbox.webhooks import Plan, Step, WebhookSender
@@ -104,8 +105,16 @@ class Admin:
         return _json({"requests": found, "last": last})
 
     async def stats(self, request: web.Request) -> web.Response:
-        """Counts by outcome, status, code, number; credential fetches; ``webhooks``."""
-        return _json({**self._state.stats(), "webhooks": self._webhooks.stats()})
+        """Counts by outcome, status, code, number; credential fetches; ``webhooks``;
+        ``connections`` opened since start and open now."""
+        connections = request.app.get(CONNECTIONS_KEY)
+        return _json(
+            {
+                **self._state.stats(),
+                "webhooks": self._webhooks.stats(),
+                "connections": connections.stats() if connections is not None else None,
+            }
+        )
 
     async def tenants(self, request: web.Request) -> web.Response:
         """Every tenant with its current token, numbers and suspension."""

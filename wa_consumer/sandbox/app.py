@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -21,8 +25,10 @@ from wa_consumer.gctuning import tune_for_serving
 from wa_consumer.sandbox.admin import Admin
 from wa_consumer.sandbox.cloud import CloudApi
 from wa_consumer.sandbox.config import SandboxConfig
+from wa_consumer.sandbox.connections import CONNECTIONS_KEY, ConnectionCount
 from wa_consumer.sandbox.state import SandboxState
 from wa_consumer.sandbox.tenants import TenantService
+from wa_consumer.sandbox.tls import SandboxTls, make_tls
 from wa_consumer.sandbox.webhooks import WebhookSender
 
 DEFAULT_PORT = 8089
@@ -38,6 +44,7 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     app = web.Application()
     app[STATE_KEY] = state
     app[WEBHOOKS_KEY] = webhooks
+    app[CONNECTIONS_KEY] = ConnectionCount()  # counted once served (start_sandbox)
     # The status webhook sender starts with the server and stops after it.
     app.cleanup_ctx.append(webhooks.run_with)
     app.add_routes(Admin(state, webhooks).routes())
@@ -55,19 +62,48 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
 
 
 class RunningSandbox:
-    """A sandbox serving in the current event loop; ``state`` changes it in process."""
+    """A sandbox serving in the current event loop; ``state`` changes it in process.
+
+    Over TLS, ``url`` is ``https://`` and ``tls.ca_file`` is the CA a client must trust
+    (``WA_GRAPH_CA_FILE``); ``plain_url`` serves the same application over plain HTTP, for
+    the tenant service and the admin endpoints (the daemon trusts the CA for the Cloud API
+    only). Without TLS ``plain_url`` is ``url``. ``connections`` counts the connections
+    clients opened, on both.
+    """
 
     def __init__(
-        self, runner: web.AppRunner, url: str, state: SandboxState, webhooks: WebhookSender
+        self,
+        runner: web.AppRunner,
+        url: str,
+        state: SandboxState,
+        webhooks: WebhookSender,
+        *,
+        connections: ConnectionCount | None = None,
+        tls: SandboxTls | None = None,
+        tls_temp: Path | None = None,
+        plain_url: str | None = None,
     ) -> None:
         self._runner = runner
         self.url = url
+        self.plain_url = plain_url or url
         self.state = state
         self.webhooks = webhooks
+        self.connections = connections or ConnectionCount()
+        self.tls = tls
+        self._tls_temp = tls_temp
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA to trust over TLS (None: plain HTTP)."""
+        return None if self.tls is None else self.tls.ca_file
 
     async def close(self) -> None:
-        """Stop serving; hanging requests are dropped."""
-        await self._runner.cleanup()
+        """Stop serving; hanging requests are dropped; a temporary TLS directory removed."""
+        try:
+            await self._runner.cleanup()
+        finally:
+            if self._tls_temp is not None:
+                shutil.rmtree(self._tls_temp, ignore_errors=True)
 
     async def __aenter__(self) -> RunningSandbox:
         return self
@@ -82,31 +118,74 @@ class RunningSandbox:
 
 
 async def start_sandbox(
-    host: str = "127.0.0.1", port: int = 0, config: SandboxConfig | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: SandboxConfig | None = None,
+    *,
+    tls: bool = False,
+    tls_dir: Path | None = None,
+    plain_port: int = 0,
 ) -> RunningSandbox:
-    """Serve the sandbox on ``host:port`` (0: a free port) until ``close()``."""
+    """Serve the sandbox on ``host:port`` (0: a free port) until ``close()``.
+
+    ``tls``: HTTPS with a CA and a server certificate made now (``wa_consumer.sandbox.tls``),
+    written to ``tls_dir`` (kept) or to a temporary directory (removed by ``close()``); the
+    same application also on plain HTTP at ``plain_port`` (0: a free port).
+    """
+    made: SandboxTls | None = None
+    temp: Path | None = None
+    if tls:
+        if tls_dir is None:
+            temp = tls_dir = Path(tempfile.mkdtemp(prefix="wa-sandbox-tls-"))
+        made = make_tls(tls_dir)
     app = create_app(config)
+    connections = app[CONNECTIONS_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        await runner.setup()
+        assert runner.server is not None  # set by setup()
+        connections.attach(runner.server)
+        context = None if made is None else made.server_context()
+        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=context)
         await site.start()
+        if made is not None:
+            await web.TCPSite(runner, host, plain_port, backlog=1024).start()
     except BaseException:
         await runner.cleanup()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
         raise
-    bound_host, bound_port = runner.addresses[0][:2]
+    # The sites' sockets in order: the first is the main site's, the last the plain one's.
+    addresses = runner.addresses
+    urls = [_url(address, made is not None and i == 0) for i, address in enumerate(addresses)]
+    return RunningSandbox(
+        runner,
+        urls[0],
+        app[STATE_KEY],
+        app[WEBHOOKS_KEY],
+        connections=connections,
+        tls=made,
+        tls_temp=temp,
+        plain_url=urls[-1],
+    )
+
+
+def _url(address: Any, tls: bool) -> str:
+    bound_host, bound_port = address[:2]
     display = f"[{bound_host}]" if ":" in bound_host else bound_host
-    url = f"http://{display}:{bound_port}"
-    return RunningSandbox(runner, url, app[STATE_KEY], app[WEBHOOKS_KEY])
+    return f"{'https' if tls else 'http'}://{display}:{bound_port}"
 
 
 def describe(sandbox: RunningSandbox) -> str:
     """The start-up banner: where it listens, the tenants and the recipient rules."""
     lines = [
         f"WhatsApp sandbox listening on {sandbox.url}",
-        f"  WA_GRAPH_API_URL={sandbox.url}  WA_TENANT_SERVICE_URL={sandbox.url}",
-        "tenants:",
+        f"  WA_GRAPH_API_URL={sandbox.url}  WA_TENANT_SERVICE_URL={sandbox.plain_url}",
     ]
+    if sandbox.ca_file is not None:
+        lines.append(f"  WA_GRAPH_CA_FILE={sandbox.ca_file}")
+        lines.append(f"  (also plain HTTP on {sandbox.plain_url}: tenant service, admin)")
+    lines.append("tenants:")
     for tenant in sandbox.state.config.tenants:
         flag = "  (suspended)" if tenant.suspended else ""
         numbers = ", ".join(tenant.phone_number_ids)
@@ -120,7 +199,7 @@ def describe(sandbox: RunningSandbox) -> str:
         lines.append(f"status webhooks to {hooks.url} (failed after acceptance):")
         for failure in hooks.failed:
             lines.append(f"  {failure.match:<12} {failure.code!s:<7} {failure.note}")
-    lines.append(f"admin: {sandbox.url}/_sandbox/config, /requests, /stats, /tenants")
+    lines.append(f"admin: {sandbox.plain_url}/_sandbox/config, /requests, /stats, /tenants")
     return "\n".join(lines)
 
 
@@ -138,6 +217,9 @@ def run_sandbox(
     config: SandboxConfig | None = None,
     *,
     announce: Callable[[str], None] | None = None,
+    tls: bool = False,
+    tls_dir: Path | None = None,
+    plain_port: int = 0,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM (the ``sandbox`` command)."""
 
@@ -147,7 +229,8 @@ def run_sandbox(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        async with await start_sandbox(host, port, config) as sandbox:
+        started = start_sandbox(host, port, config, tls=tls, tls_dir=tls_dir, plain_port=plain_port)
+        async with await started as sandbox:
             if announce is None:
                 print(describe(sandbox), flush=True)
             else:
