@@ -91,52 +91,32 @@ def _show(states: list[TenantState], as_json: bool) -> None:
         typer.echo(line)
 
 
-@tenant_app.command("pause")
-def pause_command(
-    tenant: Tenant,
-    number: Number = None,
-    reason: Reason = None,
-    actor: Actor = None,
-    as_json: Json = False,
-) -> None:
-    """Hold the tenant's (or number's) messages from now on: not sent, not dead."""
+def _control(action: str, doc: str) -> None:
+    """Mount ``tenant <action>``: one change of a tenant's or number's state."""
 
-    async def work(controls: TenantControls) -> TenantState:
-        return await controls.pause(tenant, number, reason=reason or "", actor=actor_name(actor))
+    def command(
+        tenant: Tenant,
+        number: Number = None,
+        reason: Reason = None,
+        actor: Actor = None,
+        as_json: Json = False,
+    ) -> None:
+        async def work(controls: TenantControls) -> TenantState:
+            do = getattr(controls, action)
+            state: TenantState = await do(
+                tenant, number, reason=reason or "", actor=actor_name(actor)
+            )
+            return state
 
-    _show([_run(work)], as_json)
+        _show([_run(work)], as_json)
 
-
-@tenant_app.command("resume")
-def resume_command(
-    tenant: Tenant,
-    number: Number = None,
-    reason: Reason = None,
-    actor: Actor = None,
-    as_json: Json = False,
-) -> None:
-    """Send again: held messages go back in their order, at the number's rate."""
-
-    async def work(controls: TenantControls) -> TenantState:
-        return await controls.resume(tenant, number, reason=reason or "", actor=actor_name(actor))
-
-    _show([_run(work)], as_json)
+    command.__doc__ = doc
+    tenant_app.command(action)(command)
 
 
-@tenant_app.command("drain")
-def drain_command(
-    tenant: Tenant,
-    number: Number = None,
-    reason: Reason = None,
-    actor: Actor = None,
-    as_json: Json = False,
-) -> None:
-    """Send what is held now, and hold what comes from now on."""
-
-    async def work(controls: TenantControls) -> TenantState:
-        return await controls.drain(tenant, number, reason=reason or "", actor=actor_name(actor))
-
-    _show([_run(work)], as_json)
+_control("pause", "Hold the tenant's (or number's) messages from now on: not sent, not dead.")
+_control("resume", "Send again: held messages go back in their order, at the number's rate.")
+_control("drain", "Send what is held now, and hold what comes from now on.")
 
 
 @tenant_app.command("status")
