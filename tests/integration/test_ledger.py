@@ -354,7 +354,10 @@ async def test_a_result_the_database_cannot_take_is_kept_and_written_when_it_is_
     proxy = await TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
     message = parse(orjson.dumps(text_message("acme", "15550010888")))
     ledger = await PostgresLedger.connect(
-        str(url.with_port(proxy.port)), finish_timeout=0.5, statement_timeout_ms=1000
+        str(url.with_port(proxy.port)),
+        finish_timeout=0.5,
+        statement_timeout_ms=1000,
+        lease_seconds=4.0,  # a copy's claim waits half of it for the first to be written
     )
     try:
         assert await ledger.claim(message) is Claim.CLAIMED
@@ -366,7 +369,9 @@ async def test_a_result_the_database_cannot_take_is_kept_and_written_when_it_is_
         waited = time.perf_counter() - started
         assert 0.4 < waited < 3.0  # bounded: the broker is not held up by the ledger
         assert not ledger.healthy
+        started = time.perf_counter()
         assert await ledger.claim(message) is Claim.BUSY  # still ours until it is written
+        assert time.perf_counter() - started < 5.0  # after waiting a bounded time for it
         await proxy.accept()
         await wait_for(lambda: _status_is(database, message.internal_id, "sent"), timeout=15)
     finally:
