@@ -11,16 +11,24 @@ plain, plain-zero, plain-tls
            100 ms over HTTPS);
 latency-tls
            ``latency`` over HTTPS (issue 17): the sandbox's TLS port, its CA (made at its
-           start) trusted through ``WA_GRAPH_CA_FILE``; HTTP/1.1.
+           start) trusted through ``WA_GRAPH_CA_FILE``; HTTP/1.1;
+workers-1, workers-2
+           ``run --workers N`` as ``zero-on`` (N = 1: the daemon itself; N = 2: a supervisor
+           and two daemon processes on the queue), timed once every worker consumes, with
+           CPU µs per message summed over the supervisor and the workers and the peak RSS of
+           each worker (``workers-1-latency``, ``workers-2-latency``: the same at 100 ms,
+           only when named).
 
 It reports the median rate of each, the ratios the issues set targets for (0 ms ledger-on
 over the floor, ledger-on over ledger-off, the 100 ms rate over min(0 ms rate,
 prefetch/latency), the TLS daemon over the TLS plain consumer) and the daemon's peak resident
-memory, each with PASS or MISS, and per sender its CPU µs per message and the connections it
-opened (the sandbox counts them; over TLS each is a handshake); the
-figures also go to ``--json`` (default ``bench-results/latest.json``). Everything runs in a
-RabbitMQ vhost and a PostgreSQL database of its own, both removed at the end, also on
-failure or Ctrl-C. Every wait has a deadline (``--deadline``).
+memory (per worker with ``run --workers``), each with PASS or MISS; 2 workers over 1 (no
+target: on 2 cores the workers share the machine with RabbitMQ, PostgreSQL and the sandbox);
+and per sender its CPU µs per message and the connections it opened (the sandbox counts
+them; over TLS each is a handshake); the figures also go to ``--json`` (default
+``bench-results/latest.json``). Everything runs in a RabbitMQ vhost and a PostgreSQL database
+of its own, both removed at the end, also on failure or Ctrl-C. Every wait has a deadline
+(``--deadline``).
 
 Delivery statuses (issue 14), measured only when named in ``--scenarios``:
 
@@ -32,6 +40,7 @@ statuses   statuses/s the daemon's status consumer applies to the ledger from a 
 
     .venv/bin/python scripts/bench.py --messages 20000 --repeat 3
     .venv/bin/python scripts/bench.py --scenarios floor,zero-on --log-level WARNING
+    .venv/bin/python scripts/bench.py --scenarios floor,zero-on,workers-1,workers-2 --repeat 3
     .venv/bin/python scripts/bench.py --scenarios webhooks,statuses --messages 10000 --repeat 3
 
 The parts live in ``scripts/benchlib/``.

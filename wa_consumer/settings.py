@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
@@ -127,6 +127,17 @@ class Settings(BaseSettings):
             raise ValueError(f"cannot read it ({exc.strerror or type(exc).__name__})") from None
         if b"-----BEGIN CERTIFICATE-----" not in head:
             raise ValueError("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return value
+
+    # HTTP/2 when the API offers it by ALPN over TLS (pyreqwest only): every send shares one
+    # connection, up to the server's stream limit. Off by default: README, design notes.
+    graph_http2: bool = False
+
+    @field_validator("graph_http2")
+    @classmethod
+    def _http2(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("graph_transport") != "pyreqwest":
+            raise ValueError("needs WA_GRAPH_TRANSPORT=pyreqwest (aiohttp's client has no HTTP/2)")
         return value
 
     # Credentials

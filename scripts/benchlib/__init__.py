@@ -12,6 +12,9 @@ scenarios
     what each scenario is and the settings its daemon runs with.
 measure
     one measurement of one scenario: the floor or a daemon.
+workers
+    the ``workers-N`` scenarios' own steps: every worker consuming, ``/readyz``, sends per
+    worker.
 bodies
     Meta's status webhooks for the delivery-status scenarios, and the sends they refer to.
 webhooks, loadgen

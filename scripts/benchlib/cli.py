@@ -81,7 +81,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         "--daemons",
         type=int,
         default=1,
-        help="daemons started together on the queue of each daemon scenario (default 1)",
+        help="daemons started together on the queue of each daemon scenario but workers-N,"
+        " which runs one supervisor (default 1)",
     )
     add(
         "--number-rate",
@@ -108,6 +109,12 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         " daemon scenario is measured with each, one after the other in every round; the"
         " targets use the first (default: the daemon's own)",
     )
+    add(
+        "--http2-max-streams",
+        type=int,
+        default=100,
+        help="streams at once per HTTP/2 connection the sandbox allows (latency-h2; 100)",
+    )
     add("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
     add("--logs", type=Path, help="keep the daemons' and the sandbox's logs here (default: not)")
     add("--deadline", type=float, default=300.0, help="seconds allowed for each wait (300)")
@@ -127,6 +134,8 @@ def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.
         parser.error(f"--scenarios: unknown {unknown}; choose from {','.join(ORDER)}")
     if min(args.daemons, args.webhook_concurrency, args.statuses_prefetch) < 1:
         parser.error("need --daemons, --webhook-concurrency and --statuses-prefetch >= 1")
+    if args.http2_max_streams < 1:
+        parser.error("need --http2-max-streams >= 1")
     if args.messages < 10 or args.repeat < 1 or args.prefetch < 1 or args.latency_prefetch < 1:
         parser.error("need --messages >= 10, --repeat >= 1 and prefetches >= 1")
     if args.latency_ms < 0 or args.deadline <= 0 or args.stall <= 0 or (args.number_rate or 0) < 0:
@@ -138,7 +147,7 @@ async def bench(ctx: Context, scenarios: Sequence[Scenario], results: dict[str, 
     """Every round measures every scenario in order; the sandbox serves all the daemons."""
     try:
         if any(s.daemon or s.http for s in scenarios):
-            ctx.sandbox = Sandbox(ctx.workdir, ctx.children)
+            ctx.sandbox = Sandbox(ctx.workdir, ctx.children, ctx.args.http2_max_streams)
             await ctx.sandbox.ready(30)
         for round_no in range(1, ctx.args.repeat + 1):
             for scenario in in_round(scenarios, round_no):
@@ -186,6 +195,7 @@ def metadata(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> dict[st
         "number_rate": 0 if args.number_rate is None else args.number_rate,
         "daemons": args.daemons,  # started together in each daemon scenario
         "transports": args.transports or [f"daemon default ({DAEMON_TRANSPORT})"],
+        "http2_max_streams": args.http2_max_streams,  # the sandbox's, per HTTP/2 connection
         "python": platform.python_version(),
         "loop": f"uvloop {importlib.metadata.version('uvloop')}",
         "aio_pika": aio_pika.__version__,

@@ -50,11 +50,13 @@ from .procs import (
     Daemons,
     GroupCpu,
     Sandbox,
+    Workers,
     broker_pid,
     machine_cpu_seconds,
     pid_cpu,
 )
 from .scenarios import Scenario, daemon_env, make_settings, overrides
+from .workers import readyz, sent_by_worker, worker_detail, workers_on
 
 POLL_START = 0.01  # seconds between polls while waiting for the daemon's consumer
 POLL_DRAIN = 0.1  # seconds between polls while it drains
@@ -252,13 +254,15 @@ async def run_floor(scenario: Scenario, round_no: int, ctx: Context) -> Run:
 
 
 def opened_since(
-    before: tuple[int, int], after: tuple[int, int], scenario: Scenario
+    before: tuple[int, int, int], after: tuple[int, int, int], scenario: Scenario
 ) -> dict[str, Any]:
     """Connections the client opened to the sandbox during a measurement: over TLS, exactly
-    the client's; over plain HTTP, plus any the bench's own admin session opened (rarely)."""
+    the client's (of them ``h2_connections_opened`` HTTP/2); over plain HTTP, plus any the
+    bench's own admin session opened (rarely)."""
     return {
         "connections_opened": (after[1] - before[1]) if scenario.tls else (after[0] - before[0]),
         "tls": scenario.tls,
+        "h2_connections_opened": after[2] - before[2],
     }
 
 
@@ -290,7 +294,12 @@ async def settle(
 
 
 async def consumer_on(
-    admin: AbstractConnection, queue: str, n: int, daemon: Daemons, what: str, ctx: Context
+    admin: AbstractConnection,
+    queue: str,
+    n: int,
+    daemon: Daemons | Workers,
+    what: str,
+    ctx: Context,
 ) -> None:
     """Wait until the daemon consumes ``queue``: its consumer registered is its first message
     taken, as the broker pushes a prefetch's worth at once."""
@@ -334,16 +343,21 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
 
         spawned = time.perf_counter()
         log = ctx.workdir / f"daemon-{scenario.key}-{round_no}.log"
-        envs = [daemon_env(values)]
-        for _ in range(1, ctx.args.daemons):  # more daemons: each its own /metrics port
-            envs.append(daemon_env({**values, "metrics_port": free_port()}))
-        daemon = Daemons(envs, log, ctx.children)
+        daemon: Daemons | Workers
+        if scenario.workers:  # one supervisor, whatever --daemons says
+            daemon = Workers(daemon_env(values), log, ctx.children, scenario.workers)
+        else:
+            envs = [daemon_env(values)]
+            for _ in range(1, ctx.args.daemons):  # more daemons: each its own /metrics port
+                envs.append(daemon_env({**values, "metrics_port": free_port()}))
+            daemon = Daemons(envs, log, ctx.children)
         pids = ", ".join(str(pid) for pid in daemon.pids)
         print(f"  ({what}: daemon pid {pids}, log {log})", flush=True)
         meter = CpuMeter(
             {
                 "daemon": daemon.cpu(),
                 "daemon_system": daemon.cpu(system_only=True),
+                **(daemon.parts() if isinstance(daemon, Workers) else {}),
                 "sandbox": pid_cpu(sandbox.process.pid),
                 "broker": pid_cpu(broker_pid()),
                 "postgres": GroupCpu("postgres"),
@@ -352,11 +366,20 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         )
 
         await consumer_on(admin, settings.queue, n, daemon, what, ctx)
+        at_start = 0  # sends answered before the measurement starts
+        if isinstance(daemon, Workers):  # from the moment every worker consumes
+            first = time.perf_counter()
+            await workers_on(admin, settings.queue, daemon, what, ctx.args.deadline)
+            stats = await bounded(sandbox.stats(), 10, "sandbox stats")
+            at_start = int(stats["requests"]) - base_requests
+            workers = ", ".join(f"{i}: {pid}" for i, pid in daemon.workers.items())
+            print(f"  ({what}: workers {workers}, all consuming after {at_start:,} sends)")
         started = time.perf_counter()
         meter.start()
         rss_start = daemon.sample_rss()
 
-        samples: list[tuple[float, int]] = [(started, 0)]
+        samples: list[tuple[float, int]] = [(started, at_start)]
+        ready_after: float | None = None  # run --workers: /readyz first answered 200
         deadline = Deadline(ctx.args.deadline, f"{what}: drain")
         stalled, progressed = "", started
         while True:
@@ -370,6 +393,9 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
                 progressed = now
             samples.append((now, sent))
             daemon.sample_rss()
+            port = values["metrics_port"]  # run --workers: the supervisor's
+            if isinstance(daemon, Workers) and ready_after is None and await readyz(port) == 200:
+                ready_after = time.perf_counter() - spawned
             ready, _ = await depth(admin, settings.queue)
             if sent >= n and ready == 0:
                 break
@@ -384,6 +410,8 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         meter.stop()
         peak = daemon.peak_rss_kb()
         sent, stats = await settle(sandbox, admin, settings.queue, base_requests, sent, stats)
+        if isinstance(daemon, Workers):
+            by_worker = await sent_by_worker(values["metrics_port"])
         outcomes = {
             k: v - base_outcomes.get(k, 0)
             for k, v in stats["by_outcome"].items()
@@ -391,12 +419,18 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         }
         stopped = await daemon.stop(settings.shutdown_grace_seconds + 15, what)
         detail = opened_since(connections_before, await sandbox.connections(), scenario)
+        if isinstance(daemon, Workers):
+            detail.update(worker_detail(daemon, by_worker, at_start, started - first, ready_after))
 
         left = {q: count for q, count in (await leftovers(admin, settings)).items() if count}
     finally:
         await close_quietly(admin)
 
     problems = [stalled] if stalled else []
+    if isinstance(daemon, Workers) and daemon.count > 1 and ready_after is None:
+        problems.append("the supervisor's /readyz never answered 200 during the drain")
+    if at_start > n // 2:  # too few left to time all the workers together
+        problems.append(f"{at_start:,} of {n:,} sent before every worker consumed")
     if sent != n or outcomes.get("sent") != n:
         problems.append(f"{sent:,} sends for {n:,} messages (sandbox outcomes {outcomes})")
     if left:
@@ -413,13 +447,15 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         print(f"  {what}: NOT CLEAN, excluded from the medians: {problem}", flush=True)
     done = min(n, samples[-1][1])  # n, unless it stalled
     ended = crossing(samples, done)
+    low = max(0.1 * n, at_start)  # the 10% mark, or later if passed before all consumed
+    high = max(0.9 * n, low + 1)
     return Run(
         scenario=scenario.key,
         round=round_no,
         messages=n,
         seconds=ended - started,
-        rate=done / (ended - started),
-        steady_rate=(0.8 * n) / (crossing(samples, 0.9 * n) - crossing(samples, 0.1 * n)),
+        rate=(done - at_start) / (ended - started),
+        steady_rate=(high - low) / max(crossing(samples, high) - crossing(samples, low), 1e-9),
         prefill_rate=prefill_rate,
         cpu=meter.shares,
         pid=daemon.pid,
@@ -435,6 +471,7 @@ async def run_daemon(scenario: Scenario, round_no: int, ctx: Context) -> Run:
         sandbox_outcomes=outcomes,
         ledger=ledger,
         problems=problems,
-        cpu_us=per_unit(meter.used, done) if done else {},
+        units=done - at_start if at_start else None,  # timed: those after all consumed
+        cpu_us=per_unit(meter.used, done - at_start) if done > at_start else {},
         detail=detail,
     )

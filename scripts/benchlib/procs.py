@@ -2,8 +2,9 @@
 
 Resident memory is read from ``/proc/<pid>/status`` (``VmRSS`` sampled while the daemon
 runs, ``VmHWM``, the kernel's own peak, before it is stopped); CPU time from
-``/proc/<pid>/stat``, so that the report says which process was busy. Every process started
-here is registered in ``Children`` and stopped on the way out, whatever the way.
+``/proc/<pid>/stat``, so that the report says which process was busy; the workers of
+``run --workers N`` are the supervisor's children there. Every process started here is
+registered in ``Children`` and stopped on the way out, whatever the way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,35 @@ def machine_cpu_seconds() -> float | None:
 
 def pid_cpu(pid: int | None, *, system_only: bool = False) -> Callable[[], float | None]:
     return lambda: cpu_seconds(pid, system_only=system_only)
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is neither a zombie nor dead."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def child_pids(parent: int) -> list[int]:
+    """The running processes whose parent is ``parent`` (``/proc/<pid>/stat``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and fields[0] not in ("Z", "X"):
+                found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def worker_index(pid: int) -> int | None:
+    """``WA_WORKER_INDEX`` in the environment ``pid`` started with (set by the supervisor)."""
+    with contextlib.suppress(OSError, ValueError):
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if item.startswith(b"WA_WORKER_INDEX="):
+                return int(item.split(b"=", 1)[1])
+    return None
 
 
 class GroupCpu:
@@ -183,9 +213,10 @@ async def wait_exit(process: subprocess.Popen[Any], seconds: float) -> int | Non
 class Sandbox:
     """The sandbox in its own process (not on the daemon's core); latency set per scenario."""
 
-    def __init__(self, workdir: Path, children: Children) -> None:
+    def __init__(self, workdir: Path, children: Children, http2_max_streams: int = 100) -> None:
         # One process, one application on two ports: ``url`` plain HTTP (the plain scenarios,
-        # the tenant service, the admin endpoints), ``tls_url`` HTTPS with a CA made at start.
+        # the tenant service, the admin endpoints), ``tls_url`` HTTPS with a CA made at start,
+        # HTTP/2 to a client that offers it by ALPN (``http2_max_streams`` per connection).
         self.port, self.tls_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tls_url = f"https://127.0.0.1:{self.tls_port}"
@@ -194,6 +225,7 @@ class Sandbox:
         command = [sys.executable, "-m", "wa_consumer.sandbox", "--port", str(self.tls_port)]
         command += ["--tls", "--tls-dir", str(self.ca_file.parent), "--plain-port", str(self.port)]
         command += ["--no-request-log", "--no-rules", "--number-rate", "0"]
+        command += ["--http2-max-streams", str(http2_max_streams)]
         self.process = children.spawn(command, self.log)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
@@ -218,10 +250,10 @@ class Sandbox:
             stats: dict[str, Any] = await response.json()
             return stats
 
-    async def connections(self) -> tuple[int, int]:
-        """Connections opened since the sandbox started: (all, over TLS)."""
+    async def connections(self) -> tuple[int, int, int]:
+        """Connections opened since the sandbox started: (all, over TLS, HTTP/2)."""
         counted = (await bounded(self.stats(), 10, "sandbox stats"))["connections"]
-        return int(counted["opened"]), int(counted["tls_opened"])
+        return int(counted["opened"]), int(counted["tls_opened"]), int(counted["h2_opened"])
 
     async def set_latency(self, ms: float) -> None:
         """Every answer delayed by ``ms`` from now on (no jitter)."""
@@ -250,11 +282,17 @@ class Daemon:
     exactly ``env``; its output to ``log``."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, children: Children, command: str = "run"
+        self,
+        env: dict[str, str],
+        log: Path,
+        children: Children,
+        command: str = "run",
+        args: Sequence[str] = (),
     ) -> None:
         self.log = log
         self.name = "daemon" if command == "run" else f"wa-consumer {command}"
-        self.process = children.spawn([sys.executable, "-m", "wa_consumer", command], log, env=env)
+        argv = [sys.executable, "-m", "wa_consumer", command, *args]
+        self.process = children.spawn(argv, log, env=env)
         self.pid = self.process.pid
         self.max_rss_kb = 0
 
@@ -358,6 +396,95 @@ class Daemons:
                 for key, count in theirs.items():
                     mine[key] = mine.get(key, 0) + count
         return stats
+
+
+class Workers:
+    """``python -m wa_consumer run --workers N``: the supervisor and its N workers, seen as one
+    daemon. The workers are the supervisor's child processes (read from ``/proc``, at any log
+    level; their index from the ``WA_WORKER_INDEX`` they were started with). Memory is per
+    worker (the highest of any; the supervisor's apart), CPU the sum of every process. With
+    N = 1 ``run`` is the daemon itself, no supervisor: one process, worker 0."""
+
+    def __init__(self, env: dict[str, str], log: Path, children: Children, count: int) -> None:
+        self.count = count
+        self.supervisor = Daemon(env, log, children, args=("--workers", str(count)))
+        self.supervisor.name = f"run --workers {count}"
+        self.pid = self.supervisor.pid
+        self.log = log
+        self.workers: dict[int, int] = {}  # worker index -> pid, once all N run
+        self.max_rss_kb = 0  # the highest VmRSS sampled of any worker
+        self.supervisor_max_rss_kb = 0
+        self.peaks_kb: dict[int, int | None] = {}  # VmHWM by worker, read by ``peak_rss_kb``
+        self.supervisor_peak_kb: int | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted({self.pid, *self.workers.values()})
+
+    def find_workers(self) -> bool:
+        """Record the workers' pids once all N run; True then."""
+        if self.count == 1:
+            self.workers = {0: self.pid}
+            return True
+        pids = child_pids(self.pid)
+        if len(pids) < self.count:
+            return False
+        indexed = {worker_index(pid): pid for pid in pids}
+        if None in indexed or len(indexed) != self.count:  # one still between fork and exec
+            return False
+        self.workers = {i: pid for i, pid in sorted(indexed.items()) if i is not None}
+        return True
+
+    def alive(self, what: str) -> None:
+        self.supervisor.alive(what)
+        gone = [i for i, pid in self.workers.items() if not running(pid)]
+        if gone:
+            raise BenchError(f"{what}: worker {gone} exited (the supervisor restarts it)")
+
+    def sample_rss(self) -> int:
+        """The highest VmRSS of any worker now (0 before they are known)."""
+        rss = max((proc_status_kb(pid, "VmRSS") or 0 for pid in self.workers.values()), default=0)
+        self.max_rss_kb = max(self.max_rss_kb, rss)
+        if self.count > 1:
+            own = proc_status_kb(self.pid, "VmRSS") or 0
+            self.supervisor_max_rss_kb = max(self.supervisor_max_rss_kb, own)
+        return rss
+
+    def peak_rss_kb(self) -> int | None:
+        """The highest VmHWM of any worker; each worker's, and the supervisor's, kept."""
+        self.peaks_kb = {i: proc_status_kb(pid, "VmHWM") for i, pid in self.workers.items()}
+        if self.count > 1:
+            self.supervisor_peak_kb = proc_status_kb(self.pid, "VmHWM")
+        return max((p for p in self.peaks_kb.values() if p is not None), default=None)
+
+    def cpu(self, *, system_only: bool = False) -> Callable[[], float | None]:
+        """CPU time of the supervisor and every worker, summed."""
+
+        def total() -> float | None:
+            seconds = [cpu_seconds(pid, system_only=system_only) for pid in self.pids]
+            return None if None in seconds else sum(s for s in seconds if s is not None)
+
+        return total
+
+    def parts(self) -> dict[str, Callable[[], float | None]]:
+        """CPU time of each process apart (none with one worker: it is the whole); a worker's
+        reads None until ``find_workers`` has its pid."""
+        if self.count == 1:
+            return {}
+
+        def worker(i: int) -> Callable[[], float | None]:
+            return lambda: cpu_seconds(self.workers.get(i))
+
+        return {"supervisor": pid_cpu(self.pid)} | {
+            f"worker_{i}": worker(i) for i in range(self.count)
+        }
+
+    async def stop(self, grace: float, what: str) -> float:
+        """SIGTERM to the supervisor (it passes it on); the seconds until it exited 0."""
+        return await self.supervisor.stop(grace, what)
+
+    def log_stats(self) -> LogStats:
+        return self.supervisor.log_stats()  # every process writes to the supervisor's stdout
 
 
 @dataclass

@@ -24,6 +24,12 @@ Ratios are taken between medians; ``per_round`` in the JSON has the same ratio w
 round, where both sides were measured (the rounds alternate the scenarios, so a round's
 figures share the machine's load of the moment).
 
+The ``workers-N`` scenarios (``run --workers N``) have a block of their own: the rate, CPU µs
+per message summed over the supervisor and every worker, the peak RSS of each worker (the
+target applies per worker: the highest of any) and of the supervisor, and each against the
+one-worker scenario at the same latency (``workers-2 / workers-1``, no target: the machine's
+2 cores are shared with RabbitMQ, PostgreSQL and the sandbox).
+
 With ``--transports``, a block compares each daemon scenario's transports: the rate and the
 daemon's CPU µs per message, each against the first transport named, as a ratio of medians
 and within each round.
@@ -78,8 +84,10 @@ def _ratios(medians: dict[str, float | None], latency: Scenario | None) -> dict[
         "latency_over_bound": _ratio(m("latency"), _bound(medians, latency)),
         "latency_over_plain": _ratio(m("latency"), m("plain")),
         "latency_tls_over_plain_tls": _ratio(m("latency-tls"), m("plain-tls")),
+        "latency_h2_over_latency_tls": _ratio(m("latency-h2"), m("latency-tls")),
         "plain_zero_over_floor": _ratio(m("plain-zero"), m("floor")),
         "zero_on_over_plain_zero": _ratio(m("zero-on"), m("plain-zero")),
+        "workers_2_over_1": _ratio(m("workers-2"), m("workers-1")),
     }
 
 
@@ -133,6 +141,12 @@ def summary(
             1.2,
             ("latency-tls", "plain-tls"),
         ),
+        "latency_h2_over_latency_tls": (
+            f"{ms} ms TLS daemon, HTTP/2 / HTTP/1.1",
+            "-",
+            None,
+            ("latency-h2", "latency-tls"),
+        ),
         "plain_zero_over_floor": (
             "aio-pika + aiohttp 0 ms, no features / floor",
             "-",
@@ -144,6 +158,12 @@ def summary(
             "-",
             None,
             ("zero-on", "plain-zero"),
+        ),
+        "workers_2_over_1": (
+            "run --workers 2 / --workers 1, 0 ms ledger-on",
+            "-",
+            None,
+            ("workers-2", "workers-1"),
         ),
     }
     targets: dict[str, Any] = {}
@@ -184,7 +204,7 @@ def summary(
         rss = parts[scenario.key]["max_rss_mb"]
         if scenario.daemon:
             targets[f"rss_{scenario.key}"] = {
-                "what": f"max RSS, {scenario.label}",
+                "what": f"max RSS{' per worker' if scenario.workers else ''}, {scenario.label}",
                 "issue": "7",
                 "value": rss,
                 "target": f"< {RSS_LIMIT_MB:g} MB",
@@ -207,6 +227,7 @@ def summary(
         "scenarios": parts,
         "targets": targets,
         "transports": _transports(results, scenarios),
+        "workers": _workers(results, scenarios),
         "clients": _clients(results, scenarios),
         "not_clean": unclean,
     }
@@ -232,10 +253,16 @@ def _clients(results: dict[str, list[Run]], scenarios: Sequence[Scenario]) -> di
         if indicative:
             good = runs
         opened = [r.detail["connections_opened"] for r in good if "connections_opened" in r.detail]
+        h2 = [r.detail.get("h2_connections_opened", 0) for r in good if "tls" in r.detail]
         block[scenario.key] = {
             "label": scenario.label,
             "tls": scenario.tls,
-            "http": "HTTP/1.1",
+            "http": "HTTP/2" if scenario.http2 else "HTTP/1.1",
+            "h2_connections_opened_per_round": h2,
+            # HTTP/2 against HTTP/1.1 over TLS, sender CPU per message within each round
+            "cpu_over_latency_tls_per_round": _cpu_paired(results, scenario.key, "latency-tls")
+            if scenario.http2
+            else None,
             "indicative_all_runs": indicative and bool(runs),
             "median_msg_s": median_or_none([r.rate for r in good]),
             "median_sender_cpu_us": median_or_none(
@@ -245,6 +272,16 @@ def _clients(results: dict[str, list[Run]], scenarios: Sequence[Scenario]) -> di
             "connections_opened_per_round": opened,
         }
     return block
+
+
+def _cpu_paired(results: dict[str, list[Run]], top: str, bottom: str) -> list[float]:
+    """The sender's CPU per message of ``top`` over ``bottom``, within each clean round."""
+    below = {r.round: u for r in clean(results.get(bottom, [])) if (u := _client_us(r))}
+    return [
+        u / below[r.round]
+        for r in clean(results.get(top, []))
+        if (u := _client_us(r)) is not None and r.round in below
+    ]
 
 
 def _client_lines(report: dict[str, Any]) -> list[str]:
@@ -335,6 +372,86 @@ def _transport_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _workers(results: dict[str, list[Run]], scenarios: Sequence[Scenario]) -> dict[str, Any]:
+    """Per ``workers-N`` scenario: rate, CPU per message (supervisor and workers), peak RSS per
+    worker and of the supervisor; against the one-worker scenario at the same latency."""
+    chosen = [s for s in scenarios if s.workers]
+    block: dict[str, Any] = {}
+    for scenario in chosen:
+        runs = results.get(scenario.key, [])
+        good = clean(runs)
+        rss = [max(r.max_rss_mb or 0, r.peak_rss_mb or 0) for r in runs if r.max_rss_mb]
+        own = [r.detail["supervisor_peak_rss_mb"] for r in runs]
+        entry: dict[str, Any] = {
+            "label": scenario.label,
+            "workers": scenario.workers,
+            "median_msg_s": median_or_none([r.rate for r in good]),
+            "msg_s_per_round": [r.rate for r in good],
+            "median_cpu_us": median_or_none([u for r in good if (u := _daemon_us(r)) is not None]),
+            "cpu_us_per_round": [_daemon_us(r) for r in good],
+            "max_rss_mb_per_worker": max(rss, default=None),  # over every run, clean or not
+            "supervisor_peak_rss_mb": max((m for m in own if m is not None), default=None),
+            "sent_by_worker_per_round": [r.detail.get("sent_by_worker") for r in runs],
+        }
+        one = next(
+            (
+                s
+                for s in chosen
+                if s.workers == 1
+                and s.latency_ms == scenario.latency_ms
+                and s.transport == scenario.transport
+            ),
+            None,
+        )
+        if one is not None and one is not scenario:
+            first = clean(results.get(one.key, []))
+            rate, us = entry["median_msg_s"], entry["median_cpu_us"]
+            rounds = {r.round: r for r in first}
+            paired = [(r, rounds[r.round]) for r in good if r.round in rounds]
+            entry["against"] = one.key
+            entry["rate_ratio"] = _ratio(rate, median_or_none([r.rate for r in first]))
+            entry["cpu_ratio"] = _ratio(
+                us, median_or_none([u for r in first if (u := _daemon_us(r)) is not None])
+            )
+            entry["rate_ratio_per_round"] = [a.rate / b.rate for a, b in paired]
+            entry["cpu_ratio_per_round"] = [
+                ua / ub
+                for a, b in paired
+                if (ua := _daemon_us(a)) is not None and (ub := _daemon_us(b))
+            ]
+        block[scenario.key] = entry
+    return block
+
+
+def _worker_lines(report: dict[str, Any]) -> list[str]:
+    rows = report.get("workers", {})
+    if not rows:
+        return []
+    lines = [
+        "",
+        "run --workers N (CPU: supervisor + workers; RSS: the highest worker's, the supervisor's)",
+    ]
+    for key, w in rows.items():
+        rate, us = w["median_msg_s"], w["median_cpu_us"]
+        rss, own = w["max_rss_mb_per_worker"], w["supervisor_peak_rss_mb"]
+        line = (
+            f"  {key:<19}{'n/a' if rate is None else f'{rate:,.0f}':>8} msg/s"
+            f"{'n/a' if us is None else f'{us:,.0f}':>6} µs CPU/msg"
+            f"   RSS {'n/a' if rss is None else f'{rss:.0f} MB':>6} per worker,"
+            f" supervisor {'-' if own is None else f'{own:.0f} MB'}"
+        )
+        if "against" in w:
+            rr, cr = w["rate_ratio"], w["cpu_ratio"]
+            line += (
+                f"   / {w['against']}: rate x{'n/a' if rr is None else f'{rr:.2f}'}"
+                f" ({_range(w['rate_ratio_per_round'])})"
+                f", CPU/msg x{'n/a' if cr is None else f'{cr:.2f}'}"
+                f" ({_range(w['cpu_ratio_per_round'])})"
+            )
+        lines.append(line)
+    return lines
+
+
 def _pct(share: float | None) -> str:
     return "n/a" if share is None else f"{share * 100:.0f}%"
 
@@ -345,13 +462,16 @@ def describe(run: Run, label: str) -> str:
         return report_delivery.describe(run, label)
     cpu = ", ".join(f"{name} {_pct(share)}" for name, share in run.cpu.items())
     text = (
-        f"  #{run.round} {label}: {run.messages:,} in {run.seconds:.2f} s = {run.rate:,.0f} msg/s"
+        f"  #{run.round} {label}: {run.units or run.messages:,} in {run.seconds:.2f} s"
+        f" = {run.rate:,.0f} msg/s"
         f" (steady {run.steady_rate:,.0f}); prefill {run.prefill_rate:,.0f} msg/s; cpu {cpu}"
     )
     if "connections_opened" in run.detail:
         us = _client_us(run)
         text += f"; {run.detail['connections_opened']:,} connections opened"
         text += " (TLS)" if run.detail.get("tls") else ""
+        if run.detail.get("h2_connections_opened"):
+            text += f", {run.detail['h2_connections_opened']:,} of them HTTP/2"
         text += "" if us is None else f", sender {us:,.0f} µs CPU/msg"
     if run.pid is not None:
         text += (
@@ -362,6 +482,15 @@ def describe(run: Run, label: str) -> str:
         extra = {k: v for k, v in run.log_outcomes.items() if k != "sent"}
         if extra or run.log_warnings:
             text += f"; other outcomes {extra}, warnings {run.log_warnings}"
+    if "workers" in run.detail:
+        d = run.detail
+        text += (
+            f"; by worker: peak rss {d['peak_rss_mb_by_worker']} MB, sent {d['sent_by_worker']};"
+            f" supervisor peak {d['supervisor_peak_rss_mb'] or '-'} MB;"
+            f" timed from all consuming, {d['sent_before_all_consuming']:,} sent before"
+            f" ({d['all_consuming_after_first_s']:.2f} s after the first);"
+            f" /readyz 200 at {d['readyz_200_after_spawn_s']} s"
+        )
     return text
 
 
@@ -398,6 +527,7 @@ def table(report: dict[str, Any]) -> str:
         )
     lines += _client_lines(report)
     lines += _transport_lines(report)
+    lines += _worker_lines(report)
     lines += report_delivery.table(report)
     lines += ["", f"{'target':<58}{'issue':>6}{'value':>9}{'target':>11}"]
     for target in report["targets"].values():

@@ -20,9 +20,35 @@ latency
 plain-tls, latency-tls
     ``plain`` and ``latency`` over HTTPS, as Meta serves the Cloud API (issue 17): the
     sandbox's TLS port, its CA trusted by the plain consumer's aiohttp session and by the
-    daemon through ``WA_GRAPH_CA_FILE``; HTTP/1.1 (the sandbox offers nothing else). The tenant
-    service stays on plain HTTP. Each measurement reports the connections its client opened
-    (counted by the sandbox) and its CPU per message.
+    daemon through ``WA_GRAPH_CA_FILE``; HTTP/1.1 (neither client offers h2, ``WA_GRAPH_HTTP2``
+    off). The tenant service stays on plain HTTP. Each measurement reports the connections its
+    client opened (counted by the sandbox) and its CPU per message.
+latency-h2
+    ``latency-tls`` over HTTP/2 (``WA_GRAPH_HTTP2=true``, pyreqwest only): every send on one
+    connection, at most ``--http2-max-streams`` at once (the sandbox's SETTINGS, 100 as its
+    default); reports the HTTP/2 connections among those opened.
+workers-1, workers-2
+    ``python -m wa_consumer run --workers N`` as ``zero-on`` (0 ms, ledger on, the floor's
+    prefetch in each worker): with N = 2 a supervisor and two daemon processes on the same
+    queue, each with its own connections; with N = 1 ``run`` is the daemon itself, no
+    supervisor, measured the same way beside it. Timed from the moment every worker consumes
+    (as many consumers on the queue as workers; the sends answered before are counted apart);
+    the supervisor's ``/readyz`` must answer 200 during the drain. Each reports CPU µs per
+    message summed over the supervisor and every worker (their pids from the process tree),
+    the peak RSS of each worker (the 200 MB target applies per worker) and of the supervisor,
+    and the messages each worker sent (the supervisor's merged ``/metrics``); the report adds
+    ``workers-2 / workers-1``. On 2 cores the workers share the machine with RabbitMQ,
+    PostgreSQL and the sandbox: the ratio says what a second process buys there. Measure it
+    on an otherwise idle machine: while other processes compete for the cores, two workers
+    also get a larger share of them than one, and the ratio overstates the gain.
+
+Not in the default set, chosen by name in ``--scenarios``:
+
+workers-1-latency, workers-2-latency
+    The same at the latency and prefetch of ``latency`` (100 ms, 500 in flight per worker).
+    On this machine one daemon is slower at 100 ms than at 0 ms and a second worker gains
+    more there; the pair to run when sizing ``--workers`` for the Cloud API's latency, left
+    out of the default round to keep it short.
 
 Delivery statuses (issue 14), not in the default set (chosen by name in ``--scenarios``):
 
@@ -74,10 +100,15 @@ ORDER = (
     "latency",
     "plain-tls",
     "latency-tls",
+    "latency-h2",
+    "workers-1",
+    "workers-2",
+    "workers-1-latency",
+    "workers-2-latency",
     "webhooks",
     "statuses",
 )
-DEFAULT = ORDER[:8]  # the delivery-status scenarios only when named
+DEFAULT = ORDER[:11]  # the workers at 100 ms and the delivery-status ones only when named
 DAEMON_PREFETCH = Settings.model_fields["prefetch"].default
 STATUSES_PREFETCH = Settings.model_fields["statuses_prefetch"].default
 DAEMON_LOG_LEVEL = Settings.model_fields["log_level"].default
@@ -103,6 +134,8 @@ class Scenario:
     transport: str | None = None  # the daemon's WA_GRAPH_TRANSPORT (None: its default)
     base: str = ""  # the key of the scenario this is a transport's variant of ("": itself)
     tls: bool = False  # the Cloud API over HTTPS (the sandbox's TLS port, its CA trusted)
+    http2: bool = False  # over TLS, HTTP/2 (WA_GRAPH_HTTP2; pyreqwest only)
+    workers: int = 0  # ``run --workers N`` (0: plain ``run``, with ``--daemons``)
 
     def describe(self) -> dict[str, Any]:
         process = "daemon" if self.daemon else "bare aio-pika consumer"
@@ -112,6 +145,9 @@ class Scenario:
             process = "wa-consumer webhook, load generator in its own process"
         elif self.kind == "statuses":
             process = "daemon's status consumer"
+        if self.workers:
+            process = f"run --workers {self.workers}"
+            process += " (supervisor + workers)" if self.workers > 1 else " (the daemon itself)"
         return {
             "label": self.label,
             "process": process,
@@ -121,6 +157,8 @@ class Scenario:
             "kind": self.kind,
             "transport": self.transport,
             "tls": self.tls,
+            "http2": self.http2,
+            "workers": self.workers or None,
         }
 
 
@@ -175,6 +213,50 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             args.latency_prefetch,
             tls=True,
         ),
+        "latency-h2": Scenario(
+            "latency-h2",
+            f"daemon {ms:g} ms TLS HTTP/2, ledger on",
+            True,
+            ms,
+            True,
+            args.latency_prefetch,
+            tls=True,
+            http2=True,
+        ),
+        "workers-1": Scenario(
+            "workers-1",
+            "run --workers 1, 0 ms, ledger on",
+            True,
+            ledger=True,
+            prefetch=args.prefetch,
+            workers=1,
+        ),
+        "workers-2": Scenario(
+            "workers-2",
+            "run --workers 2, 0 ms, ledger on",
+            True,
+            ledger=True,
+            prefetch=args.prefetch,
+            workers=2,
+        ),
+        "workers-1-latency": Scenario(
+            "workers-1-latency",
+            f"run --workers 1, {ms:g} ms, ledger on",
+            True,
+            ms,
+            True,
+            args.latency_prefetch,
+            workers=1,
+        ),
+        "workers-2-latency": Scenario(
+            "workers-2-latency",
+            f"run --workers 2, {ms:g} ms, ledger on",
+            True,
+            ms,
+            True,
+            args.latency_prefetch,
+            workers=2,
+        ),
         "webhooks": Scenario(
             "webhooks",
             "webhooks: receiver",
@@ -219,7 +301,9 @@ def per_transport(scenarios: list[Scenario], transports: list[str]) -> list[Scen
         if not scenario.daemon:
             out.append(scenario)
             continue
-        for i, name in enumerate(transports):
+        # aiohttp's client has no HTTP/2: an HTTP/2 scenario is pyreqwest's alone.
+        names = [n for n in transports if n == "pyreqwest"] if scenario.http2 else transports
+        for i, name in enumerate(names):
             key = scenario.key if i == 0 else f"{scenario.key}@{name}"
             label = f"{scenario.label} [{name}]" if len(transports) > 1 else scenario.label
             out.append(replace(scenario, key=key, label=label, transport=name, base=scenario.key))
@@ -262,6 +346,8 @@ def overrides(
             raise ValueError("a TLS scenario needs the sandbox's CA file")
         values["graph_api_url"] = tls_url
         values["graph_ca_file"] = ca_file
+        if scenario.daemon:
+            values["graph_http2"] = scenario.http2
     if scenario.daemon:
         values["metrics_port"] = free_port()  # /metrics on, as deployed
         values["log_level"] = args.log_level

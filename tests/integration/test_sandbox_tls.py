@@ -1,6 +1,7 @@
 """The sandbox over TLS, as Meta serves the Cloud API: the daemon sends through it with each
-transport when it trusts the sandbox's CA (``WA_GRAPH_CA_FILE``), and sends nothing without
-it (the handshake fails before the request is written: not sent, no ambiguity)."""
+transport when it trusts the sandbox's CA (``WA_GRAPH_CA_FILE``), over HTTP/2 when asked
+(``WA_GRAPH_HTTP2``), and sends nothing without it (the handshake fails before the request is
+written: not sent, no ambiguity)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,27 @@ async def test_the_daemon_sends_through_the_tls_sandbox_trusting_its_ca(
             await broker.publish(text_message("acme", f"2782555000{i}"))
         await wait_for(lambda: _all_sent(tls_sandbox, 5))
     assert tls_sandbox.connections.tls_opened > opened  # the sends came over TLS connections
+
+
+async def test_with_http2_the_daemon_sends_over_one_http2_connection(
+    vhost: str, tls_sandbox: RunningSandbox
+) -> None:
+    settings = make_settings(
+        vhost,
+        tls_sandbox.url,
+        tenant_service_url=tls_sandbox.plain_url,
+        graph_http2=True,
+        graph_ca_file=str(tls_sandbox.ca_file),
+    )
+    async with running(settings), broker_for(settings) as broker:
+        await broker.publish(text_message("acme", "27825550000"))
+        await wait_for(lambda: _all_sent(tls_sandbox, 1))
+        opened = tls_sandbox.connections.stats()
+        for i in range(1, 40):
+            await broker.publish(text_message("acme", f"278255500{i:02d}"))
+        await wait_for(lambda: _all_sent(tls_sandbox, 40))
+    assert opened["h2_opened"] >= 1
+    assert tls_sandbox.connections.stats()["h2_opened"] == opened["h2_opened"]  # reused
 
 
 async def _all_sent(sandbox: RunningSandbox, n: int) -> bool:

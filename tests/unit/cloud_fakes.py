@@ -1,7 +1,7 @@
 """What the Cloud API client's tests share: a stand-in for ``/messages`` on a real local HTTP
 server (it counts connections and requests in flight), raw TCP servers for broken answers,
-a port that refuses, one that never completes a connect, a local CA for HTTPS, and each
-transport built as the daemon builds it."""
+an HTTP/2 server that refuses or resets streams, a port that refuses, one that never completes
+a connect, a local CA for HTTPS, and each transport built as the daemon builds it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import StreamEnded
+from h2.exceptions import ProtocolError as H2ProtocolError
 
+from wa_consumer.sandbox.tls import make_tls
 from wa_consumer.transport import Transport
 from wa_consumer.transport.aiohttp import AiohttpTransport
 from wa_consumer.transport.pyreqwest import PyreqwestTransport
@@ -42,11 +48,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_transport(
-    kind: str, *, limit: int = 4, timeout: float = 5.0, ca_file: Path | None = None
+    kind: str,
+    *,
+    limit: int = 4,
+    timeout: float = 5.0,
+    ca_file: Path | None = None,
+    http2: bool = False,
 ) -> Transport:
     if kind == "aiohttp":
         return AiohttpTransport(limit=limit, timeout=timeout, ca_file=ca_file)
-    return PyreqwestTransport(limit=limit, timeout=timeout, ca_file=ca_file)
+    return PyreqwestTransport(limit=limit, timeout=timeout, ca_file=ca_file, http2=http2)
 
 
 @asynccontextmanager
@@ -238,3 +249,81 @@ def make_local_ca(where: Path) -> LocalCA | None:
     bundle = where / "bundle.pem"
     bundle.write_bytes((where / "other.pem").read_bytes() + (where / "ca.pem").read_bytes())
     return LocalCA(bundle, where / "server.pem", where / "server.key")
+
+
+class _Http2Refusal(asyncio.Protocol):
+    """Answers each complete request on an HTTP/2 connection by ``mode`` (``h2_server``)."""
+
+    def __init__(self, mode: str, seen: list[int]) -> None:
+        self._mode, self._seen = mode, seen
+        self._h2 = H2Connection(H2Configuration(client_side=False))
+        self._transport: asyncio.Transport | None = None
+        self.lost = asyncio.Event()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.set()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # a TLS transport
+        self._h2.initiate_connection()
+        self._transport.write(self._h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        close = False
+        try:
+            for event in self._h2.receive_data(data):
+                if not isinstance(event, StreamEnded):
+                    continue
+                self._seen.append(event.stream_id)
+                if self._mode == "refuse":
+                    self._h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+                elif self._mode == "reset":
+                    self._h2.reset_stream(event.stream_id, ErrorCodes.INTERNAL_ERROR)
+                elif self._mode == "goaway":  # graceful, before this stream: not processed
+                    self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=0)
+                    close = True
+                elif self._mode == "goaway-error":  # this stream included: maybe processed
+                    self._h2.close_connection(
+                        ErrorCodes.INTERNAL_ERROR, last_stream_id=event.stream_id
+                    )
+                    close = True
+        except H2ProtocolError:
+            close = True
+        self._transport.write(self._h2.data_to_send())
+        if close:
+            self._transport.close()
+
+
+@asynccontextmanager
+async def h2_server(mode: str, where: Path) -> AsyncIterator[tuple[str, Path, list[int]]]:
+    """An HTTPS server speaking HTTP/2 only that never answers a request: it refuses its stream
+    (``refuse``), resets it (``reset``), sends GOAWAY before it (``goaway``) or after it with
+    an error (``goaway-error``). Yields its URL, the CA to trust, and the stream ids it saw."""
+    tls = make_tls(where)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.set_alpn_protocols(["h2"])
+    seen: list[int] = []
+    connections: list[_Http2Refusal] = []
+
+    def accept() -> _Http2Refusal:
+        connections.append(_Http2Refusal(mode, seen))
+        return connections[-1]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(accept, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"https://127.0.0.1:{port}", tls.ca_file, seen
+    finally:
+        server.close()
+        for connection in connections:
+            connection.close()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(connection.lost.wait(), 5)
+        await server.wait_closed()

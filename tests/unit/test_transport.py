@@ -31,6 +31,7 @@ from .cloud_fakes import (
     assert_no_token,
     closed_port,
     cloud_server,
+    h2_server,
     json_response,
     make_local_ca,
     make_transport,
@@ -234,6 +235,32 @@ async def test_the_total_timeout_counts_the_wait_for_a_free_connection(
     assert 0.9 < took < 1.2, took  # 1.0 in all, not 0.3 + 1.0
 
 
+# -- HTTP/2 (pyreqwest, WA_GRAPH_HTTP2): what the server says it did not process -------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "maybe_sent", "short"),
+    [
+        ("refuse", False, "unprocessed"),  # RST_STREAM REFUSED_STREAM
+        ("goaway", False, "unprocessed"),  # GOAWAY (no error) below the stream's id
+        ("reset", True, "disconnected"),  # RST_STREAM INTERNAL_ERROR: maybe processed
+        ("goaway-error", True, "disconnected"),  # GOAWAY with an error, the stream covered
+    ],
+)
+async def test_over_http2_only_a_refused_stream_or_one_past_a_goaway_was_not_sent(
+    mode: str, maybe_sent: bool, short: str, tmp_path: Path
+) -> None:
+    async with (
+        h2_server(mode, tmp_path) as (url, ca_file, seen),
+        started("pyreqwest", ca_file=ca_file, http2=True) as transport,
+    ):
+        with pytest.raises(GraphTransportError) as caught:
+            await GraphClient(transport, url, "v23.0").send(NUMBER, TOKEN, PAYLOAD)
+    assert (caught.value.maybe_sent, caught.value.short_code) == (maybe_sent, short)
+    assert seen  # each time the request was out on the wire
+    assert_no_token(caught.value)
+
+
 # -- connections -----------------------------------------------------------------------------
 
 
@@ -310,6 +337,14 @@ def test_the_setting_chooses_the_transport_sized_to_the_prefetch() -> None:
     assert repr(pyreqwest) == "PyreqwestTransport(limit=7, timeout=20.0)"
     aiohttp_ = build_transport(Settings(_env_file=None, graph_transport="aiohttp", prefetch=7))
     assert isinstance(aiohttp_, AiohttpTransport)
+
+
+def test_http2_is_off_by_default_and_needs_pyreqwest() -> None:
+    on = build_transport(Settings(_env_file=None, graph_http2=True, prefetch=7))
+    assert repr(on) == "PyreqwestTransport(limit=7, timeout=20.0, http2=True)"
+    with pytest.raises(SettingsError, match=r"^WA_GRAPH_HTTP2: .*needs WA_GRAPH_TRANSPORT=pyreq"):
+        load_settings(_env_file=None, graph_transport="aiohttp", graph_http2=True)
+    assert not load_settings(_env_file=None).graph_http2
 
 
 def test_a_ca_file_that_cannot_be_read_or_holds_no_certificate_stops_start_up(

@@ -302,13 +302,23 @@ def sandbox(
             "the admin endpoints (0: any free port, printed).",
         ),
     ] = 0,
+    http2: Annotated[
+        bool,
+        typer.Option(
+            help="With --tls: HTTP/2 to clients that offer h2 by ALPN (--no-http2: HTTP/1.1 only)."
+        ),
+    ] = True,
+    http2_max_streams: Annotated[
+        int,
+        typer.Option(min=1, help="With --tls: streams at once per HTTP/2 connection."),
+    ] = 100,
 ) -> None:
     """A local stand-in for the Cloud API and the tenant service.
 
     With --webhook-url it also sends the status webhooks of what it accepted;
     the rest of their behaviour is the `webhooks` section of the --config file.
-    With --tls it serves HTTPS (HTTP/1.1) like Meta: point WA_GRAPH_CA_FILE at the CA file
-    the banner prints.
+    With --tls it serves HTTPS (HTTP/2 or HTTP/1.1, by ALPN) like Meta: point
+    WA_GRAPH_CA_FILE at the CA file the banner prints.
     """
     from pydantic import ValidationError
 
@@ -344,6 +354,8 @@ def sandbox(
         tls=tls,
         tls_dir=tls_dir,
         plain_port=plain_port,
+        http2=http2,
+        http2_max_streams=http2_max_streams,
     )
 
 

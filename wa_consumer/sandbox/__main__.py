@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from wa_consumer.sandbox.app import DEFAULT_PORT, run_sandbox
 from wa_consumer.sandbox.config import load_config
+from wa_consumer.sandbox.http2 import DEFAULT_MAX_STREAMS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plain-port", type=int, default=0, help="with --tls: plain HTTP too (0: any free)"
     )
+    parser.add_argument(
+        "--no-http2", action="store_true", help="with --tls: HTTP/1.1 only (no h2 by ALPN)"
+    )
+    parser.add_argument(
+        "--http2-max-streams",
+        type=int,
+        default=DEFAULT_MAX_STREAMS,
+        help=f"with --tls: streams at once per HTTP/2 connection ({DEFAULT_MAX_STREAMS})",
+    )
     return parser
 
 
@@ -76,8 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sandbox: --tls-dir needs --tls", file=sys.stderr)
         return 2
     tls_dir = None if args.tls_dir is None else Path(args.tls_dir)
+    if args.http2_max_streams < 1:
+        print("sandbox: --http2-max-streams must be at least 1", file=sys.stderr)
+        return 2
     run_sandbox(
-        args.host, args.port, config, tls=args.tls, tls_dir=tls_dir, plain_port=args.plain_port
+        args.host,
+        args.port,
+        config,
+        tls=args.tls,
+        tls_dir=tls_dir,
+        plain_port=args.plain_port,
+        http2=not args.no_http2,
+        http2_max_streams=args.http2_max_streams,
     )
     return 0
 

@@ -26,6 +26,7 @@ from wa_consumer.sandbox.admin import Admin
 from wa_consumer.sandbox.cloud import CloudApi
 from wa_consumer.sandbox.config import SandboxConfig
 from wa_consumer.sandbox.connections import CONNECTIONS_KEY, ConnectionCount
+from wa_consumer.sandbox.http2 import DEFAULT_MAX_STREAMS, Http2Server, Http2Site
 from wa_consumer.sandbox.state import SandboxState
 from wa_consumer.sandbox.tenants import TenantService
 from wa_consumer.sandbox.tls import SandboxTls, make_tls
@@ -68,7 +69,8 @@ class RunningSandbox:
     (``WA_GRAPH_CA_FILE``); ``plain_url`` serves the same application over plain HTTP, for
     the tenant service and the admin endpoints (the daemon trusts the CA for the Cloud API
     only). Without TLS ``plain_url`` is ``url``. ``connections`` counts the connections
-    clients opened, on both.
+    clients opened, on both. Over TLS, a client offering ``h2`` by ALPN gets HTTP/2 unless
+    the sandbox was started without it.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class RunningSandbox:
         tls: SandboxTls | None = None,
         tls_temp: Path | None = None,
         plain_url: str | None = None,
+        http2: Http2Server | None = None,
     ) -> None:
         self._runner = runner
         self.url = url
@@ -90,6 +93,7 @@ class RunningSandbox:
         self.webhooks = webhooks
         self.connections = connections or ConnectionCount()
         self.tls = tls
+        self.http2 = http2
         self._tls_temp = tls_temp
 
     @property
@@ -125,12 +129,16 @@ async def start_sandbox(
     tls: bool = False,
     tls_dir: Path | None = None,
     plain_port: int = 0,
+    http2: bool = True,
+    http2_max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> RunningSandbox:
     """Serve the sandbox on ``host:port`` (0: a free port) until ``close()``.
 
     ``tls``: HTTPS with a CA and a server certificate made now (``wa_consumer.sandbox.tls``),
     written to ``tls_dir`` (kept) or to a temporary directory (removed by ``close()``); the
-    same application also on plain HTTP at ``plain_port`` (0: a free port).
+    same application also on plain HTTP at ``plain_port`` (0: a free port). Over TLS, HTTP/2
+    to clients that offer it (``http2``), at most ``http2_max_streams`` streams at once on
+    each connection.
     """
     made: SandboxTls | None = None
     temp: Path | None = None
@@ -140,13 +148,23 @@ async def start_sandbox(
         made = make_tls(tls_dir)
     app = create_app(config)
     connections = app[CONNECTIONS_KEY]
+    h2 = Http2Server(connections, http2_max_streams) if made is not None and http2 else None
+    if h2 is not None:
+        app.on_shutdown.append(h2.shutdown)  # after the hangs are woken (create_app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     try:
         await runner.setup()
         assert runner.server is not None  # set by setup()
         connections.attach(runner.server)
-        context = None if made is None else made.server_context()
-        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=context)
+        site: web.BaseSite
+        if made is None:
+            site = web.TCPSite(runner, host, port, backlog=1024)
+        elif h2 is not None:
+            context = made.server_context(http2=True)
+            site = Http2Site(runner, host, port, backlog=1024, ssl_context=context, http2=h2)
+        else:
+            context = made.server_context(http2=False)
+            site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=context)
         await site.start()
         if made is not None:
             await web.TCPSite(runner, host, plain_port, backlog=1024).start()
@@ -167,6 +185,7 @@ async def start_sandbox(
         tls=made,
         tls_temp=temp,
         plain_url=urls[-1],
+        http2=h2,
     )
 
 
@@ -184,6 +203,9 @@ def describe(sandbox: RunningSandbox) -> str:
     ]
     if sandbox.ca_file is not None:
         lines.append(f"  WA_GRAPH_CA_FILE={sandbox.ca_file}")
+        if sandbox.http2 is not None:
+            streams = sandbox.http2.max_streams
+            lines.append(f"  (HTTP/2 to clients offering h2, {streams} streams per connection)")
         lines.append(f"  (also plain HTTP on {sandbox.plain_url}: tenant service, admin)")
     lines.append("tenants:")
     for tenant in sandbox.state.config.tenants:
@@ -220,6 +242,8 @@ def run_sandbox(
     tls: bool = False,
     tls_dir: Path | None = None,
     plain_port: int = 0,
+    http2: bool = True,
+    http2_max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM (the ``sandbox`` command)."""
 
@@ -229,7 +253,16 @@ def run_sandbox(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        started = start_sandbox(host, port, config, tls=tls, tls_dir=tls_dir, plain_port=plain_port)
+        started = start_sandbox(
+            host,
+            port,
+            config,
+            tls=tls,
+            tls_dir=tls_dir,
+            plain_port=plain_port,
+            http2=http2,
+            http2_max_streams=http2_max_streams,
+        )
         async with await started as sandbox:
             if announce is None:
                 print(describe(sandbox), flush=True)

@@ -10,7 +10,8 @@ certificates) and the server's (``CA:FALSE``, ``serverAuth``, names ``localhost`
 ``127.0.0.1``) are distinct. Keys are ECDSA P-256, like the certificates graph.facebook.com
 presents; both are valid for two days, which is all a sandbox run needs.
 
-The server offers HTTP/1.1 only (ALPN ``http/1.1``): aiohttp's server has no HTTP/2.
+The server offers HTTP/2 and HTTP/1.1 by ALPN (``h2`` first, as Meta does); HTTP/2 is served
+by ``sandbox/http2.py``, HTTP/1.1 by aiohttp.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ class SandboxTls:
     cert_file: Path
     key_file: Path
 
-    def server_context(self) -> ssl.SSLContext:
-        """A server context with the certificate, HTTP/1.1 by ALPN."""
+    def server_context(self, *, http2: bool = True) -> ssl.SSLContext:
+        """A server context with the certificate; by ALPN ``h2`` (if ``http2``), ``http/1.1``."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert_file, self.key_file)
-        context.set_alpn_protocols(["http/1.1"])
+        context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
         return context
 
 

@@ -11,7 +11,10 @@ carries the bytes. Two implementations, chosen by ``WA_GRAPH_TRANSPORT``:
 Both hold the same promises, pinned by ``tests/unit/test_transport.py`` (the wire) and
 ``test_graph.py`` (Meta's answers) against each:
 
-- at most ``limit`` connections (the prefetch), kept alive (15 s idle) and reused; no
+- at most ``limit`` requests at once (the prefetch), on connections kept alive (15 s idle)
+  and reused; aiohttp opens at most ``limit``, pyreqwest's pool (hyper-util) may keep as many
+  again idle: a send that finds none idle starts a connection and takes whichever is ready
+  first, a freed one or the new one, and the other is pooled (README, design notes); no
   cookies, no proxies from the environment (aiohttp asks for gzip and decodes it, pyreqwest
   does not ask: the body handed back is plain either way);
 - a total timeout per request that counts the wait for a free connection, and a connect
@@ -19,11 +22,16 @@ Both hold the same promises, pinned by ``tests/unit/test_transport.py`` (the wir
 - every failure leaves as a ``GraphTransportError`` whose ``maybe_sent`` says whether the
   request may have reached Meta (SPEC §5): False for a failure before it was written (refused,
   DNS, TLS handshake, connect timeout, no free connection: ``connect_error`` or
-  ``connect_timeout``); True for one after it may have been (``timeout``, ``disconnected``,
-  ``bad_response``, ``client_error``);
+  ``connect_timeout``) and for one HTTP/2 says the server did not process (a refused stream,
+  a stream past a GOAWAY: ``unprocessed``); True for one after it may have been
+  (``timeout``, ``disconnected``, ``bad_response``, ``client_error``);
 - the token is only ever put in the request's header: no error text, repr or chained
   exception holds it;
 - extra CA certificates (``WA_GRAPH_CA_FILE``, PEM) are trusted beside the system's.
+
+``WA_GRAPH_HTTP2`` (pyreqwest only) offers HTTP/2 by ALPN over TLS: when the server takes it,
+every send shares one connection (``limit`` still bounds the requests in flight, the server's
+SETTINGS_MAX_CONCURRENT_STREAMS the streams at once).
 
 Response headers are not returned: nothing reads them (Meta's ``fbtrace_id`` is read from the
 error body), and copying them costs on every send. Lifecycle as every seam: ``start`` before
@@ -83,7 +91,9 @@ def build_transport(settings: Settings) -> Transport:
     if settings.graph_transport == "pyreqwest":
         from .pyreqwest import PyreqwestTransport
 
-        return PyreqwestTransport(limit=limit, timeout=timeout, ca_file=ca_file)
+        return PyreqwestTransport(
+            limit=limit, timeout=timeout, ca_file=ca_file, http2=settings.graph_http2
+        )
     from .aiohttp import AiohttpTransport
 
     return AiohttpTransport(limit=limit, timeout=timeout, ca_file=ca_file)

@@ -6,8 +6,12 @@ awaited (the request long written) and ``ConnectError`` for a connection closed 
 answer ("connection closed before message completed"). What hyper-util's client says is
 ``client error (Connect)`` for exactly the failures of making the connection (refused, DNS,
 TLS handshake, connect timeout): only those, and a timeout waiting for a free connection of
-the pool (``PoolTimeoutError``), were not sent. tests/unit/test_transport.py pins each case, so an
-upgrade that changes the wording fails there.
+the pool (``PoolTimeoutError``), were not sent. Over HTTP/2 (``http2``, by ALPN) the server
+can also say it did not process a request (RFC 9113 §8.7): a stream refused (``REFUSED_STREAM``)
+or above the last stream id of a graceful GOAWAY, which the ``h2`` crate words as in
+``_UNPROCESSED``; those were not sent either. A GOAWAY with an error code is handed to every
+stream left when the connection closes, processed or not, so it stays ambiguous.
+tests/unit/test_transport.py pins each case, so an upgrade that changes the wording fails there.
 
 One difference from aiohttp, pinned there too: a POST cancelled while out is not aborted;
 it goes on in pyreqwest's runtime until answered or timed out, holding its connection
@@ -40,6 +44,15 @@ from .redact import bounded
 
 #: The cause hyper-util gives every failure of making a connection (nothing was written).
 _CONNECTING: Final = re.compile(r"client error \(Connect\)")
+#: HTTP/2's word that the server did not process the request: a refused stream, or a stream
+#: above the last id of a GOAWAY without error (the h2 crate's ``Display``; its debug data may
+#: follow).
+_UNPROCESSED: Final = re.compile(
+    r"(stream error received: refused stream before processing any application logic"
+    r"|connection error received: not a result of an error)( \(.*\))?"
+)
+#: Any other HTTP/2 stream or connection error: the request was out, the answer lost.
+_H2_LOST: Final = re.compile(r"(stream|connection) error (received|detected): .*")
 #: Causes that only wrap others, and the one that quotes the URL (kept out of error texts).
 _WRAPPER: Final = re.compile(r"^(client error \(\w+\)|error sending request for url \(.*\))$")
 #: After ``close``: lets the tokio thread finish calling back into Python before the process
@@ -56,12 +69,16 @@ class PyreqwestTransport:
 
     name = "pyreqwest"
 
-    def __init__(self, *, limit: int, timeout: float, ca_file: Path | None = None) -> None:
+    def __init__(
+        self, *, limit: int, timeout: float, ca_file: Path | None = None, http2: bool = False
+    ) -> None:
         self._limit, self._timeout, self._ca_file = limit, timeout, ca_file
+        self._http2 = http2
         self._client: Client | None = None
 
     def __repr__(self) -> str:
-        return f"PyreqwestTransport(limit={self._limit}, timeout={self._timeout})"
+        http2 = ", http2=True" if self._http2 else ""
+        return f"PyreqwestTransport(limit={self._limit}, timeout={self._timeout}{http2})"
 
     async def start(self) -> None:
         if self._client is not None:
@@ -72,7 +89,9 @@ class PyreqwestTransport:
             .timeout(timedelta(seconds=self._timeout))  # from the wait for a connection on
             .connect_timeout(connect)
             .pool_timeout(connect)  # a free connection, as aiohttp's connect timeout bounds it
-            .max_connections(self._limit)  # requests in flight, so connections too
+            .max_connections(self._limit)  # requests in flight (connections in use)
+            # Idle ones kept: a send that found none starts a connection and takes the first
+            # ready, freed or new (hyper-util), so up to this many may be idle besides.
             .pool_max_idle_per_host(self._limit)
             .pool_idle_timeout(timedelta(seconds=KEEPALIVE_SECONDS))
             .no_proxy()  # as aiohttp (trust_env off): HTTP(S)_PROXY would reroute the token
@@ -83,6 +102,9 @@ class PyreqwestTransport:
             .user_agent(USER_AGENT)
             .default_headers({"Content-Type": CONTENT_TYPE})
             .error_for_status(False)
+            # h2 offered by ALPN over TLS; HTTP/1.1 when the server does not take it, and on
+            # plain http:// (no h2c). One HTTP/2 connection carries every send (RFC 9113 §9.1).
+            .http2(self._http2)
         )
         if self._ca_file is not None:
             builder = builder.add_root_certificate_pem(self._ca_file.read_bytes())
@@ -126,11 +148,16 @@ def translate(exc: PyreqwestError, token: str) -> GraphTransportError:
             short, what = "connect_timeout", "connecting timed out"
         else:
             short, what = "connect_error", f"cannot connect: {_said(causes)}"
+    elif any(_UNPROCESSED.fullmatch(c) for c in causes):
+        maybe_sent, short = False, "unprocessed"
+        what = f"the server did not process the request ({_said(causes)})"
     elif isinstance(exc, BuilderError):
         maybe_sent, short, what = False, "client_error", f"bad request: {_said(causes)}"
     elif isinstance(exc, RequestTimeoutError):
         short, what = "timeout", "no answer in time after the request was sent"
-    elif isinstance(exc, NetworkError | BodyDecodeError):
+    elif isinstance(exc, NetworkError | BodyDecodeError) or any(
+        _H2_LOST.fullmatch(c) for c in causes
+    ):
         short, what = "disconnected", f"the connection dropped ({_said(causes)})"
     elif isinstance(exc, DecodeError):
         short, what = "bad_response", f"unusable HTTP answer ({_said(causes)})"
