@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from wa_consumer.limits import shared
+from wa_consumer.limits.adaptive import Cut
 from wa_consumer.limits.shared import SharedSchedule, redis_client
 from wa_consumer.settings import Settings
 from wa_consumer.topology import Topology, declare
@@ -219,29 +220,93 @@ async def _after(now: float, moment: float) -> bool:
     return now >= moment
 
 
-async def test_daemon_converges_on_the_rate_meta_allows(vhost, sandbox) -> None:
-    """Meta (the sandbox) takes 30/s from a number the daemon is set to send 80/s from."""
-    sandbox.state.configure(number_rates={A: 30})
+@pytest.mark.parametrize("kind", ["token_bucket", "sliding", "fixed"])
+async def test_daemon_settles_within_10_percent_of_what_meta_allows_however_it_counts(
+    vhost, sandbox, kind
+) -> None:
+    """Meta (the sandbox) takes 30/s from a number the daemon is set to send 80/s from,
+    counted in a token bucket, a sliding one-second window or fixed one-second windows.
+
+    With a backlog it cannot finish, from 8 s to 20 s after the first request on the
+    sandbox's clock (the first seconds are the daemon finding the limit): at least 27/s
+    accepted and under 5% answered 130429. Measured here in three runs: token bucket
+    30.5-30.8/s (its saved second counts over 12 s), sliding 28.6-28.8/s, fixed 29.4-29.8/s,
+    and 0.6-2.1% 130429 (1.0-1.8% with the sandbox in a process of its own over 40 s,
+    scripts/adaptive_bench.py)."""
+    sandbox.state.configure(number_rates={A: 30}, number_rate_window=kind)
     settings = make_settings(vhost, sandbox.url, max_retries=10)  # WA_NUMBER_RATE: 80
-    await queued(settings, messages("acme", "1666", 500, phoneNumberId=A))
+    await queued(settings, messages("acme", "1666", 900, phoneNumberId=A))
     async with running(settings):
-        await until_sent(sandbox, 500, A, timeout=40)
-        await nothing_dead(settings)
-    log = log_of(sandbox, A)
-    start = log[0]["at"]
-    steady = [r for r in log if start + 3.0 <= r["at"] <= start + 13.0]
-    limited = sum(r["code"] == 130429 for r in steady)
-    sent = sum(r["outcome"] == "sent" for r in steady)
-    first = sum(r["code"] == 130429 for r in log if r["at"] < start + 3.0)
+        sent, limited, early = await steady_state(sandbox)
     report(
-        "sandbox 30/s, daemon 80/s",
-        first_3s_130429=first,
-        steady_130429=f"{limited / len(steady):.1%}",
-        steady_sent=f"{sent / 10.0:.1f}/s",
-        requests=len(log),
+        f"sandbox 30/s ({kind}), daemon 80/s",
+        first_3s_130429=early,
+        steady_sent=f"{sent:.2f}/s",
+        steady_130429=f"{limited:.1%}",
     )
-    assert limited / len(steady) < 0.10
-    assert sent / 10.0 == pytest.approx(30, rel=0.20)
+    assert sent >= 0.9 * 30
+    assert limited < 0.05
+
+
+async def test_two_daemons_sharing_redis_settle_as_one_near_what_meta_allows(
+    vhost, sandbox, redis_prefix
+) -> None:
+    """The same with two daemons booking on one schedule in Redis, against a sliding
+    window: they share each rate cut, so they book at one rate and cut once for both.
+    (Each following its own cuts, they drifted apart, 45/s and 20/s: 22-25/s accepted.)
+    Measured here in three runs: 28.0-28.8/s, 0.6-1.1% 130429."""
+    sandbox.state.configure(number_rates={A: 30}, number_rate_window="sliding")
+    settings = make_settings(
+        vhost,
+        sandbox.url,
+        max_retries=10,
+        redis_url=f"redis://{REDIS_HOST}/0",
+        redis_prefix=redis_prefix,
+    )
+    await queued(settings, messages("acme", "1666", 900, phoneNumberId=A))
+    async with running(settings) as one, running(settings) as two:
+        sent, limited, _ = await steady_state(sandbox)
+        shares = [d.pipeline.counts["sent"] for d in (one, two) if d.pipeline is not None]
+    report(
+        "sandbox 30/s (sliding), two daemons 80/s in Redis",
+        steady_sent=f"{sent:.2f}/s",
+        steady_130429=f"{limited:.1%}",
+        shares=shares,
+    )
+    assert min(shares) > 100  # both took part
+    # 0.85, not 0.9: two daemons and the sandbox share this process's loop, and once on a
+    # loaded machine they fell below 27/s (the bench, a process each, measures 95%)
+    assert sent >= 0.85 * 30, sent
+    assert limited < 0.05, limited
+
+
+async def steady_state(sandbox: Any) -> tuple[float, float, int]:
+    """Once the sandbox's clock is 20 s past number A's first request: A's sends accepted
+    per second from 8 s to 20 s, the share of its answers then that were 130429, and the
+    130429 answers of its first 3 s."""
+    first = (await until_sent_or_limited(sandbox))["at"]
+    await wait_for(lambda: _after_on_sandbox(sandbox, first + 20.0), timeout=40)
+    log = log_of(sandbox, A)
+    start, end = first + 8.0, first + 20.0
+    steady = [r for r in log if start <= r["at"] < end]
+    sent = sum(r["outcome"] == "sent" for r in steady) / (end - start)
+    limited = sum(r["code"] == 130429 for r in steady) / len(steady)
+    return sent, limited, sum(r["code"] == 130429 for r in log if r["at"] < first + 3.0)
+
+
+async def until_sent_or_limited(sandbox: Any) -> dict[str, Any]:
+    """Number A's first request, once there is one."""
+
+    async def check() -> list[dict[str, Any]]:
+        return log_of(sandbox, A)[:1]
+
+    return (await wait_for(check, timeout=30, interval=0.05))[0]
+
+
+async def _after_on_sandbox(sandbox: Any, moment: float) -> bool:
+    """Whether the sandbox has answered a request at or after ``moment`` (its clock)."""
+    log = sandbox.state.log
+    return bool(log) and log[-1]["at"] >= moment
 
 
 # -- per recipient ----------------------------------------------------------------------
@@ -347,6 +412,39 @@ async def test_redis_outage_falls_back_to_a_share_in_process_and_comes_back(
     assert rate_of(away) == pytest.approx(25, rel=0.15)
     assert rate_of(after) == pytest.approx(50, rel=0.10)
     assert recorder.events == ["rate_limit_store_unavailable", "rate_limit_store_back"]
+
+
+async def test_redis_keeps_the_newest_rate_cut_for_every_daemon(redis_prefix) -> None:
+    one, two = (
+        SharedSchedule(
+            redis_client(f"redis://{REDIS_HOST}/0", max_connections=4),
+            prefix=redis_prefix,
+            fallback_share=0.5,
+        )
+        for _ in range(2)
+    )
+    try:
+        assert await one.book("n", 0.01, 1.0) == 0.0
+        assert one.cut("n") is None  # no cut yet
+        now = time.monotonic()
+        one.share("n", Cut(30.0, 0.6, now - 0.2))
+        await one.book("n", 0.01, 1.0)
+        await two.book("n", 0.01, 1.0)
+        cut = two.cut("n")
+        assert cut is not None and (cut.rate, cut.step) == (30.0, 0.6)
+        assert cut.at == pytest.approx(now - 0.2, abs=0.02)  # the same moment, read back
+        two.share("n", Cut(40.0, 0.8, now - 1.0))  # older: ignored
+        await two.book("n", 0.01, 1.0)
+        kept = two.cut("n")
+        assert kept is not None and kept.rate == 30.0
+        two.share("n", Cut(25.0, 0.5, time.monotonic()))  # newer: kept
+        await two.book("n", 0.01, 1.0)
+        await one.book("n", 0.01, 1.0)
+        latest = one.cut("n")
+        assert latest is not None and latest.rate == 25.0
+    finally:
+        await one.aclose()
+        await two.aclose()
 
 
 async def test_redis_schedule_hands_over_to_and_from_the_local_one(redis_prefix) -> None:

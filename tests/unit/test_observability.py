@@ -104,15 +104,15 @@ def test_each_number_seen_has_its_rate_now_and_past_the_cap_one_other_series() -
     assert sample(m, "wa_limiter_rate", phone_number_id="a") is None  # not seen: no series
     limiter.rate("a")
     limiter.rate("slow")
-    limiter.feedback("a", None, "130429")  # Meta says the number is over: rate halves
-    assert sample(m, "wa_limiter_rate", phone_number_id="a") == 5.0
+    limiter.feedback("a", None, "130429")  # Meta says the number is over: 10% off
+    assert sample(m, "wa_limiter_rate", phone_number_id="a") == 9.0
     assert sample(m, "wa_limiter_rate", phone_number_id="slow") == 2.0
     for i in range(MAX_NUMBERS + 10):
         limiter.rate(f"n{i}")
     limiter.feedback(f"n{MAX_NUMBERS + 5}", None, "130429")
     series = [s for f in m.registry.collect() if f.name == "wa_limiter_rate" for s in f.samples]
     assert len(series) == MAX_NUMBERS + 1
-    assert sample(m, "wa_limiter_rate", phone_number_id="other") == 5.0  # the slowest of them
+    assert sample(m, "wa_limiter_rate", phone_number_id="other") == 9.0  # the slowest of them
 
 
 async def test_refusals_count_by_the_limit_that_refused() -> None:

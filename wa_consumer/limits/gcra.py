@@ -17,18 +17,41 @@ _EPSILON = 1e-9  # float noise: a wait equal to the maximum is accepted
 # KEYS[1]: the number's key. ARGV: interval, longest acceptable wait, and a floor for the
 # next slot (this daemon's own bookings made while Redis was away), all in microseconds from
 # now. Returns the wait in microseconds, or a negative number when it would be too long.
+#
+# KEYS[2]: the number's last rate cut (``adaptive.Cut``), shared by the daemons so that they
+# book at one rate: a hash of rate, step (as given) and at (microseconds, Redis's clock).
+# ARGV[4], ARGV[5], ARGV[6] (empty strings: none): a cut this daemon made, its rate, step
+# and age in microseconds; kept unless a newer one is. The reply is then
+# {wait, rate, step, age of the kept cut} (rate empty: no cut kept).
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cut = {'', '', 0}
+if KEYS[2] then
+  if ARGV[4] ~= '' then
+    local at = now - tonumber(ARGV[6])
+    local kept = tonumber(redis.call('HGET', KEYS[2], 'at') or '-1')
+    if at > kept then
+      redis.call('HSET', KEYS[2], 'rate', ARGV[4], 'step', ARGV[5], 'at', string.format('%.0f', at))
+      redis.call('PEXPIRE', KEYS[2], 3600000)
+    end
+  end
+  local kept = redis.call('HMGET', KEYS[2], 'rate', 'step', 'at')
+  if kept[1] then cut = {kept[1], kept[2], now - tonumber(kept[3])} end
+end
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = now + tonumber(ARGV[3])
 if tat < floor then tat = floor end
 local wait = tat - now
-if wait > tonumber(ARGV[2]) then return -1 - wait end
-local interval = tonumber(ARGV[1])
-local ttl_ms = math.ceil((wait + interval) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', ttl_ms)
-return wait
+if wait > tonumber(ARGV[2]) then
+  wait = -1 - wait
+else
+  local interval = tonumber(ARGV[1])
+  local ttl_ms = math.ceil((wait + interval) / 1000) + 1000
+  redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', ttl_ms)
+end
+if not KEYS[2] then return wait end
+return {wait, cut[1], cut[2], cut[3]}
 """
 
 

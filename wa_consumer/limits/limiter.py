@@ -6,8 +6,14 @@ schedule, so a throttled number only ever delays its own messages, and a wait lo
 frees its prefetch slot) instead of being slept off.
 
 What Meta's answers teach (a number's lowered rate, a recipient's back-off and spacing) is
-kept by each daemon; with Redis only the number's schedule is shared. Each daemon that meets
-a 130429 slows down itself, and the shared schedule still bounds their sum by the ceiling.
+kept by each daemon. With Redis the number's schedule is shared, and so is its newest rate
+cut: every daemon books at the rate any of them last cut to, and the shared schedule bounds
+their sum by the ceiling.
+
+A send's booking travels with the task that made it (a context variable set by ``acquire``,
+read by ``feedback`` and ``sent`` in the same message's task): when it was booked tells
+whether a rate-limit answer is news, and at what rate it was booked tells which rate Meta's
+answer is about, without the pipeline carrying a token between the calls.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Protocol
+from contextvars import ContextVar
+from typing import NamedTuple, Protocol
 
 from ..logs import get_logger
-from .adaptive import AdaptiveRate, PairBook
+from .adaptive import AdaptiveRate, Cut, PairBook
 from .gcra import LocalSchedule
 
 log = get_logger("limits")
@@ -27,10 +34,39 @@ NUMBER_CODES = frozenset({"4", "80007", "130429"})  # the number (or its app, WA
 PAIR_CODE = "131056"  # too many messages to one recipient
 
 
+class _Booked(NamedTuple):
+    """This task's send: the number's rate object, when and at what rate it was booked."""
+
+    rate: AdaptiveRate
+    at: float
+    booked_rate: float
+
+
+_booked: ContextVar[_Booked | None] = ContextVar("wa_limits_booked", default=None)
+
+
+def _count(rate: AdaptiveRate, now: float, *, limited: bool) -> _Booked | None:
+    """Count an answer to this task's send; its booking (None: not booked here)."""
+    booked = _booked.get()
+    if booked is None or booked.rate is not rate:
+        rate.answered(now, rate.current(now), limited=limited)
+        return None
+    rate.answered(now, booked.booked_rate, limited=limited)
+    return booked
+
+
 class Schedule(Protocol):
-    """Where a number's send slots are booked: in process, or shared through Redis."""
+    """Where a number's send slots are booked: in process, or shared through Redis.
+
+    A shared schedule also shares the number's rate cuts (``share`` one, ``cut`` the newest),
+    so that every daemon booking on it books at one rate.
+    """
 
     async def book(self, key: str, interval: float, max_wait: float) -> float | None: ...
+
+    def share(self, key: str, cut: Cut) -> None: ...
+
+    def cut(self, key: str) -> Cut | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -44,6 +80,12 @@ class InProcessSchedule:
 
     async def book(self, key: str, interval: float, max_wait: float) -> float | None:
         return self._local.book(key, self._clock(), interval, max_wait)
+
+    def share(self, key: str, cut: Cut) -> None:
+        return None  # one process: nobody to share with
+
+    def cut(self, key: str) -> Cut | None:
+        return None
 
     async def aclose(self) -> None:
         return None
@@ -111,13 +153,17 @@ class RateLimiter:
                 budget -= pair.wait
         rate = self.rate(phone_number_id)
         if rate is not None:
-            interval = 1.0 / rate.current(self._clock())
-            wait = await self._schedule.book(phone_number_id, interval, budget)
+            now = self._clock()
+            booked_rate = rate.current(now)
+            wait = await self._schedule.book(phone_number_id, 1.0 / booked_rate, budget)
+            if (shared := self._schedule.cut(phone_number_id)) is not None:
+                rate.adopt(shared)  # another daemon's newer cut: book at its rate from now
             if wait is None:
                 if recipient is not None and pair is not None:
                     self.pairs.cancel(phone_number_id, recipient, pair)
                 self.throttled["number"] += 1
                 return False
+            _booked.set(_Booked(rate, now, booked_rate))
             if wait > 0:
                 await self._sleep(wait)
         # A 131056 for this recipient while this one slept: its back-off starts again.
@@ -134,8 +180,12 @@ class RateLimiter:
             backoff = self.pairs.strike(phone_number_id, recipient, now)
             log.info("recipient_backoff", phone_number_id=phone_number_id, backoff_s=backoff)
         elif code in NUMBER_CODES and (rate := self.rate(phone_number_id)) is not None:
-            lowered = rate.lower(now)
-            if lowered is not None:
+            if (booked := _count(rate, now, limited=True)) is not None:
+                lowered = rate.lower(now, booked.at, booked.booked_rate)
+            else:
+                lowered = rate.lower(now)
+            if lowered is not None and (cut := rate.last_cut()) is not None:
+                self._schedule.share(phone_number_id, cut)
                 log.info(
                     "number_rate_lowered",
                     phone_number_id=phone_number_id,
@@ -145,9 +195,12 @@ class RateLimiter:
                 )
 
     def sent(self, phone_number_id: str, recipient: str | None) -> None:
-        """Meta accepted a send: the recipient's back-off, if any, is over."""
+        """Meta accepted a send: counted for the number's rate; a recipient's back-off ends."""
+        now = self._clock()
+        if (rate := self.rate(phone_number_id)) is not None:
+            _count(rate, now, limited=False)
         if recipient is not None:
-            self.pairs.accepted(phone_number_id, recipient, self._clock())
+            self.pairs.accepted(phone_number_id, recipient, now)
 
     async def aclose(self) -> None:
         """Close the shared store's connections, if any."""

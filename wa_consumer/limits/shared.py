@@ -5,6 +5,12 @@ server's clock). When Redis cannot be reached the daemon logs one line and books
 at ``WA_REDIS_FALLBACK_SHARE`` of the rate, continuing after the slots Redis had granted it;
 it tries Redis again at most once a second, and on its return hands over the slots it booked
 meanwhile, so neither switch lets two schedules overlap in this daemon.
+
+The same round trip shares each number's last rate cut (``adaptive.Cut``): a daemon that
+cuts hands its cut over with its next booking (``share``), Redis keeps the newest, and every
+daemon reads it back with each booking (``cut``) and books at that rate. Daemons that each
+followed their own cuts drifted apart (one at 45/s, one at 20/s against a 30/s limit), and
+the limit was found by neither: the shared schedule is set by their mix.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..logs import get_logger
+from .adaptive import Cut
 from .gcra import GCRA_LUA, LocalSchedule
 
 log = get_logger("limits")
@@ -52,6 +59,7 @@ class SharedSchedule:
         self._client = client
         self._script = client.register_script(GCRA_LUA)
         self._prefix = f"{prefix}rate:"
+        self._cut_prefix = f"{prefix}cut:"
         self._share = fallback_share
         self._retry_every = retry_every
         self._clock = clock
@@ -59,10 +67,20 @@ class SharedSchedule:
         self._local = LocalSchedule()  # the schedule while Redis is away
         self._handover: set[str] = set()  # numbers with local slots still ahead
         self._retry_at: float | None = None  # set while Redis is away
+        self._to_share: dict[str, Cut] = {}  # this daemon's cuts, for the next booking
+        self._cuts: dict[str, Cut] = {}  # the newest cut Redis keeps, as last read
 
     @property
     def available(self) -> bool:
         return self._retry_at is None
+
+    def share(self, key: str, cut: Cut) -> None:
+        """Hand this daemon's cut of ``key`` over to the others with its next booking."""
+        self._to_share[key] = cut
+
+    def cut(self, key: str) -> Cut | None:
+        """The newest cut of ``key`` any daemon made, as of this daemon's last booking."""
+        return self._cuts.get(key)
 
     async def book(self, key: str, interval: float, max_wait: float) -> float | None:
         """Seconds to wait for the next slot of ``key`` (booked), or None if over ``max_wait``."""
@@ -95,14 +113,22 @@ class SharedSchedule:
             ahead = self._local.ahead(key, now)
             if not ahead:
                 self._handover.discard(key)
-        result = await self._script(
-            keys=[self._prefix + key],
-            args=[round(interval * _US), round(max_wait * _US), round(ahead * _US)],
+        mine = self._to_share.get(key)
+        offer: list[str | int] = ["", "", ""]
+        if mine is not None:
+            offer = [repr(mine.rate), repr(mine.step), round((now - mine.at) * _US)]
+        wait, rate, step, age = await self._script(
+            keys=[self._prefix + key, self._cut_prefix + key],
+            args=[round(interval * _US), round(max_wait * _US), round(ahead * _US), *offer],
         )
         if self._retry_at is not None:
             self._retry_at = None
             log.info("rate_limit_store_back", store="redis")
-        wait = int(result)
+        if mine is not None and self._to_share.get(key) is mine:
+            del self._to_share[key]
+        if rate:  # as of when the script ran: about when the call started
+            self._cuts[key] = Cut(float(rate), float(step), now - int(age) / _US)
+        wait = int(wait)
         return None if wait < 0 else wait / _US
 
     def _lost(self, exc: BaseException) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from wa_consumer.sandbox.throughput import RateWindow
+
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 _MASK = str(SecretStr("x"))  # how pydantic shows a secret: "**********"
 
@@ -210,10 +212,14 @@ class SandboxConfig(BaseModel):
     # A fraction of the requests no rule matched, answered with `failure_code`.
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     failure_code: int = 131000
-    # Requests/s per phone number id (token bucket, one second of burst); 0: no limit.
+    # Requests/s per phone number id; 0: no limit. Past it: 400 code 130429, as from Meta.
     # Meta's default is 80; off here so tests and benchmarks are not throttled unasked.
     number_rate: float = Field(default=0.0, ge=0)
     number_rates: dict[str, float] = Field(default_factory=dict)
+    # How that rate is counted (wa_consumer/sandbox/throughput.py): "token_bucket", one
+    # second of burst; "sliding", at most `rate` in any one second; "fixed", at most `rate`
+    # in each second of the clock. Accepted requests count, 130429 answers do not.
+    number_rate_window: RateWindow = "token_bucket"
     # When set, the tenant service requires `Authorization: Bearer <service_token>`.
     service_token: str | None = None
     # The request log (GET /_sandbox/requests); turn off for benchmarks.

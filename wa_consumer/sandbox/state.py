@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from wa_consumer.sandbox.config import FailureRule, SandboxConfig, TenantConfig
+from wa_consumer.sandbox.throughput import NumberLimit, number_limit
 
 
 class CompiledRule(NamedTuple):
@@ -24,27 +25,6 @@ class CompiledRule(NamedTuple):
     position: int
     pattern: re.Pattern[str]
     rule: FailureRule
-
-
-class _Bucket:
-    """Token bucket: ``rate`` per second, one second's worth of burst."""
-
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = max(rate, 1.0)
-        self.tokens = self.capacity
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
 
 
 def new_token(tenant_id: str) -> str:
@@ -106,7 +86,7 @@ class SandboxState:
         self._latency = config.latency.ms / 1000.0
         self._jitter = config.latency.jitter_ms / 1000.0
         self._limited = config.number_rate > 0 or bool(config.number_rates)
-        self._buckets: dict[str, _Bucket | None] = {}
+        self._buckets: dict[str, NumberLimit | None] = {}
         self._failures: dict[tuple[int, str], int] = {}
         self.record_requests = config.record_requests
         if self.log.maxlen != config.max_requests:
@@ -166,8 +146,9 @@ class SandboxState:
         try:
             bucket = self._buckets[number]
         except KeyError:
-            rate = self._config.number_rates.get(number, self._config.number_rate)
-            bucket = _Bucket(rate, now) if rate > 0 else None
+            config = self._config
+            rate = config.number_rates.get(number, config.number_rate)
+            bucket = number_limit(config.number_rate_window, rate, now) if rate > 0 else None
             self._buckets[number] = bucket
         return bucket is None or bucket.take(now)
 
