@@ -81,10 +81,13 @@ class Counts:
     replays: int = 0
 
 
+_NO_COUNTS: Final = Counts()
+
+
 def read(headers: Mapping[str, Any] | None) -> Counts:
     """The counts a delivery carries; raises ``BadHeader`` for a value out of type or range."""
     if not headers:
-        return Counts()
+        return _NO_COUNTS  # a first delivery: no object made per message
     return Counts(
         retries=count(headers, RETRY_COUNT),
         replays=count(headers, REPLAY_COUNT),

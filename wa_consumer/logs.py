@@ -12,25 +12,34 @@ import logging
 import re
 import select
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
+from structlog import contextvars as _contextvars
 
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-~+/=]+", re.IGNORECASE)
 _SECRET_KEYS = frozenset(
     {"access_token", "accesstoken", "token", "authorization", "password", "tenant_service_token"}
 )
 MASK = "***"
+# Keys seen not to name a secret: a set lookup instead of lower() per key of every line.
+_PLAIN_KEYS: set[str] = set()
+_PLAIN_KEYS_MAX = 4096
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Mask tokens in every field of a log event."""
     for key, value in event.items():
-        if key.lower() in _SECRET_KEYS:
-            event[key] = MASK
-        elif isinstance(value, str) and "earer" in value:
+        if key not in _PLAIN_KEYS:
+            if key.lower() in _SECRET_KEYS:
+                event[key] = MASK
+                continue
+            if len(_PLAIN_KEYS) < _PLAIN_KEYS_MAX:
+                _PLAIN_KEYS.add(key)
+        if isinstance(value, str) and "earer" in value:
             event[key] = _BEARER.sub(r"\1" + MASK, value)
     return event
 
@@ -111,6 +120,98 @@ class _BatchedLogger:
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
 
+class _UtcStamp:
+    """``TimeStamper(fmt="iso", utc=True)``'s text, with the date and time formatted once a
+    second: 0.4 µs a line instead of 1.2 for ``datetime.now(UTC).isoformat()``."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return f"{self._prefix}{int((now - second) * 1_000_000):06d}Z"
+
+
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}
+
+
+class _JsonChain:
+    """The JSON processor chain of ``configure_logging`` as one function, for ``EventLine``.
+
+    structlog's bound logger and six processors took 7 µs a line; the same line built here
+    takes 2. It renders only while structlog still runs the chain it was made with (a test's
+    ``capture_logs`` or another ``configure`` make ``EventLine`` go through structlog).
+    """
+
+    def __init__(
+        self, lines: _LineBatch, level: int, worker: int | None, config: dict[str, Any]
+    ) -> None:
+        self._lines = lines
+        self.level = level
+        self._worker = worker
+        self._config = config
+        self._processors = config["processors"]
+        self._renderer = self._processors[-1]
+        self._stamp = _UtcStamp()
+
+    def current(self) -> bool:
+        config = structlog.get_config()
+        return (
+            config["processors"] is self._processors
+            and self._processors[-1] is self._renderer  # capture_logs swaps it in place
+            and config["wrapper_class"] is self._config["wrapper_class"]
+            and config["logger_factory"] is self._config["logger_factory"]
+        )
+
+    def write(self, component: str, level: int, event: str, fields: dict[str, Any]) -> None:
+        line = {"component": component, **fields, "event": event}
+        # Only once something was bound (structlog keeps each bound key's ContextVar there):
+        # merging walks the whole context, 0.5 µs a line for nothing otherwise.
+        if _contextvars._CONTEXT_VARS:
+            _contextvars.merge_contextvars(None, "", line)
+        line["level"] = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
+        line["timestamp"] = self._stamp()
+        if self._worker is not None:
+            line["worker"] = self._worker
+        data = orjson.dumps(line, default=str)
+        # ``redact`` changes a line only if a key names a secret or a text holds "earer":
+        # looked for in the rendered line at once, not field by field.
+        if b"earer" in data or not _PLAIN_KEYS.issuperset(line):
+            data = orjson.dumps(redact(None, "", line), default=str)
+        self._lines.write(data)
+
+
+_chain: _JsonChain | None = None  # set by configure_logging with the JSON format
+
+
+class EventLine:
+    """A frequent event (the outcome line): the line structlog would write, made directly.
+
+    ``emit`` writes exactly the fields, order and redaction of ``get_logger(component)``'s
+    JSON line; with any other configuration (console format, a test capturing logs) it goes
+    through structlog as any other line. Not for lines with ``exc_info``.
+    """
+
+    def __init__(self, component: str) -> None:
+        self._component = component
+        self._log = get_logger(component)
+
+    def emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        chain = _chain
+        if chain is not None and chain.current():
+            if level >= chain.level:
+                chain.write(self._component, level, event, fields)
+            return
+        self._log.log(level, event, **fields)
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: str = "json",
@@ -145,6 +246,10 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    global _chain
+    _chain = None
+    if fmt == "json":
+        _chain = _JsonChain(lines, getattr(logging, level), worker, structlog.get_config())
     # Library loggers: warnings and up, rendered like our own lines.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from .context import Context
-from .logs import get_logger
+from .logs import EventLine
 from .outcomes import Dead, Delivered, Duplicate, Held, Outcome, Recount, Retry
 
-log = get_logger("pipeline")
+_line = EventLine("pipeline")
 
 
 def log_outcome(ctx: Context, outcome: Outcome, short: str, settled: str, total_ms: float) -> None:
@@ -30,15 +32,12 @@ def log_outcome(ctx: Context, outcome: Outcome, short: str, settled: str, total_
     if failure is None:
         if isinstance(outcome, Delivered) and outcome.wamid:
             fields["wamid"] = outcome.wamid
-        log.info("message", **fields)
+        _line.emit(logging.INFO, "message", fields)
         return
     fields["code"] = failure.code
     fields["category"] = failure.category
     fields["error"] = failure.message[:300]
-    if isinstance(outcome, Dead):
-        log.warning("message", **fields)
-    else:
-        log.info("message", **fields)
+    _line.emit(logging.WARNING if isinstance(outcome, Dead) else logging.INFO, "message", fields)
 
 
 def short_name(outcome: Outcome) -> str:

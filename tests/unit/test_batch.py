@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from wa_consumer.ledger.batch import Batcher
+from wa_consumer.ledger.batch import Batcher, Waits
 
 
 class Outage(Exception):
@@ -78,3 +78,54 @@ async def test_close_names_the_results_an_outage_kept_past_the_grace() -> None:
     batcher.submit("finish-2")
     await asyncio.sleep(0.03)
     assert sorted(await batcher.close(grace=0.1)) == ["finish-1", "finish-2"]
+
+
+# -- bounded waits (the ledger's finish) -------------------------------------------------------
+
+
+async def test_a_wait_ends_when_its_future_is_done_whatever_the_future_holds() -> None:
+    waits = Waits(timeout=5.0)
+    loop = asyncio.get_running_loop()
+    ok, failed = loop.create_future(), loop.create_future()
+    loop.call_soon(ok.set_result, "written")
+    loop.call_soon(failed.set_exception, Bug("refused"))
+    assert list(await asyncio.gather(waits.wait(ok), waits.wait(failed))) == [True, True]
+    assert await waits.wait(ok) is True  # done already: no wait at all
+    assert len(waits) == 0
+
+
+async def test_a_wait_ends_after_the_timeout_and_the_future_goes_on() -> None:
+    waits = Waits(timeout=0.05)
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    started = asyncio.get_running_loop().time()
+    assert list(await asyncio.gather(waits.wait(future), waits.wait(future))) == [False, False]
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert not future.done()  # still written when the database answers
+    future.set_result("written")
+    assert await waits.wait(future) is True
+    assert len(waits) == 0
+
+
+async def test_waits_started_later_get_their_whole_timeout() -> None:
+    waits = Waits(timeout=0.1)
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    early = asyncio.create_task(waits.wait(first))
+    await asyncio.sleep(0.06)
+    late = asyncio.create_task(waits.wait(second))
+    assert await early is False  # at about 0.1 s
+    assert not late.done()  # its own deadline is 0.06 s later
+    second.set_result(None)
+    assert await late is True
+
+
+async def test_a_cancelled_waiter_leaves_its_future_alone() -> None:
+    waits = Waits(timeout=5.0)
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.create_task(waits.wait(future))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not future.cancelled()
+    assert len(waits) == 0
