@@ -263,9 +263,11 @@ async def test_two_daemons_sharing_redis_settle_as_one_near_what_meta_allows(
         redis_url=f"redis://{REDIS_HOST}/0",
         redis_prefix=redis_prefix,
     )
-    await queued(settings, messages("acme", "1666", 900, phoneNumberId=A))
+    await queued(settings, messages("acme", "1666", 1300, phoneNumberId=A))
     async with running(settings) as one, running(settings) as two:
-        sent, limited, _ = await steady_state(sandbox)
+        # Later and longer than for one daemon: a cut on one daemon's early estimate (a share
+        # of the answers, in a burst) can leave both low for a few seconds (once: 25/s, 8-20 s)
+        sent, limited, _ = await steady_state(sandbox, since=12.0, until=30.0)
         shares = [d.pipeline.counts["sent"] for d in (one, two) if d.pipeline is not None]
     report(
         "sandbox 30/s (sliding), two daemons 80/s in Redis",
@@ -274,20 +276,20 @@ async def test_two_daemons_sharing_redis_settle_as_one_near_what_meta_allows(
         shares=shares,
     )
     assert min(shares) > 100  # both took part
-    # 0.85, not 0.9: two daemons and the sandbox share this process's loop, and once on a
-    # loaded machine they fell below 27/s (the bench, a process each, measures 95%)
-    assert sent >= 0.85 * 30, sent
+    assert sent >= 0.9 * 30, sent
     assert limited < 0.05, limited
 
 
-async def steady_state(sandbox: Any) -> tuple[float, float, int]:
-    """Once the sandbox's clock is 20 s past number A's first request: A's sends accepted
-    per second from 8 s to 20 s, the share of its answers then that were 130429, and the
-    130429 answers of its first 3 s."""
+async def steady_state(
+    sandbox: Any, since: float = 8.0, until: float = 20.0
+) -> tuple[float, float, int]:
+    """Once the sandbox's clock is ``until`` s past number A's first request: A's sends
+    accepted per second from ``since`` to ``until``, the share of its answers then that were
+    130429, and the 130429 answers of its first 3 s."""
     first = (await until_sent_or_limited(sandbox))["at"]
-    await wait_for(lambda: _after_on_sandbox(sandbox, first + 20.0), timeout=40)
+    await wait_for(lambda: _after_on_sandbox(sandbox, first + until), timeout=until + 20)
     log = log_of(sandbox, A)
-    start, end = first + 8.0, first + 20.0
+    start, end = first + since, first + until
     steady = [r for r in log if start <= r["at"] < end]
     sent = sum(r["outcome"] == "sent" for r in steady) / (end - start)
     limited = sum(r["code"] == 130429 for r in steady) / len(steady)

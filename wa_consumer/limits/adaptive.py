@@ -30,7 +30,10 @@ configured, each kind of limiter):
   overshoots a 30/s limit by more than a cut takes off before the answers can say so; even
   a floor of ceiling / 300 per second drew 11-14% 130429 against a 5/s limit. The pace grows
   the longer no cut comes (twice the first after ``ACCELERATION``, 20 s), so a limit Meta
-  raises is found again: 30 to 80/s in 38-47 s (84-99 s at a constant pace).
+  raises is found again: 30 to 80/s in 38-47 s (84-99 s at a constant pace). After a cut
+  to Meta's accepted rate the pace is ``FAR_PROBE`` (10%) of it: that rate is an estimate
+  from one second of answers (a sliding window's burst, or one daemon's share of them) and
+  may be low; at 2% two daemons sharing Redis once stayed at 23/s against 30/s for 18 s.
 - **Daemons sharing Redis share the cuts** (``Cut``, ``last_cut``, ``adopt``; see
   ``shared``): each books at the newest cut any of them made, so they probe and cut as one.
 
@@ -53,6 +56,7 @@ DECREASE = 0.9  # a cut keeps 90% of the rate that earned it (or of Meta's accep
 FAR = 0.8  # Meta accepted under this share of the rate: cut from what it accepted
 WINDOW = 1.0  # seconds after a cut before a send's rate-limit answer is news again
 PROBE = 0.02  # then the rate grows by 2% of the rate cut to per second, a pace that
+FAR_PROBE = 0.1  # or by 10% after a cut to Meta's accepted rate (an estimate: may be low)
 ACCELERATION = 20.0  # grows by itself: twice the first after 20 s without a cut
 FLOOR = 0.05  # never below this share of the configured rate (nor below 0.2/s)
 MIN_ANSWERS = 10  # fewer tell no accepted rate (judged on fewer: 77-89% of a 3/s limit)
@@ -155,13 +159,15 @@ class AdaptiveRate:
         if news and booked_rate is not None:
             rate = min(rate, booked_rate)  # the rate that earned it, not grown to since
         accepted = self.accepted_rate(now)
+        probe = PROBE
         if accepted is not None and accepted < rate * FAR and now >= self._since + WINDOW:
             rate = accepted  # far over: 10% off the rate is not enough
+            probe = FAR_PROBE
         elif not news:
             return None
         self._base = max(self.floor, rate * DECREASE)
         self._since = now
-        self.step = self._base * PROBE
+        self.step = self._base * probe
         return self._base
 
     def last_cut(self) -> Cut | None:
