@@ -8,9 +8,10 @@ Targets:
 - issue 7: at 100 ms, at least 0.80 of min(the 0 ms ledger-on rate, prefetch / latency);
 - issue 7: the daemon's resident memory under 200 MB in every scenario (the higher of the
   sampled ``VmRSS`` and the kernel's ``VmHWM``);
-- the daemon at 100 ms, every feature on, at least as fast as the plain consumer a user would
-  write instead (aio-pika + aiohttp, no features), same latency and prefetch;
-- issue 17: the same over TLS (``latency-tls`` / ``plain-tls``), at least 1.2.
+- issue 17: the daemon at 100 ms, every feature on, at least 1.2 times as fast as the plain
+  consumer a user would write instead (aio-pika + aiohttp, no features), same latency and
+  prefetch (at least as fast before issue 17); the same over TLS (``latency-tls`` /
+  ``plain-tls``), at least 1.2.
 
 A block lists, per scenario that sends to the sandbox, the sending process's CPU µs per
 message (the daemon's, or the bench's own for the plain consumer) and the connections it
@@ -131,8 +132,8 @@ def summary(
         "latency_over_bound": (f"{ms} ms rate / min(0 ms rate, prefetch/latency)", "7", 0.8, None),
         "latency_over_plain": (
             f"{ms} ms daemon / aio-pika + aiohttp consumer",
-            "-",
-            1.0,
+            "17",
+            1.2,
             ("latency", "plain"),
         ),
         "latency_tls_over_plain_tls": (
