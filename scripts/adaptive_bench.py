@@ -30,15 +30,14 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from typing import Any
 import aio_pika
 import aiohttp
 import orjson
+from benchlib.broker import bench_vhost, unique_names
+from benchlib.common import free_port
 
 from wa_consumer.publisher import Publisher, text_message
 from wa_consumer.settings import Settings
@@ -54,29 +55,6 @@ from wa_consumer.topology import Topology, declare
 NUMBER = "106540352242922"  # the sandbox's tenant acme, its first number
 KINDS = ("token_bucket", "sliding", "fixed")
 FIRST_SECONDS = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def scratch_vhost(amqp: str) -> Iterator[str]:
-    """A RabbitMQ vhost of this run's own; yields its AMQP URL."""
-    name = f"wa-adaptive-{uuid.uuid4().hex[:8]}"
-
-    def ctl(*args: str) -> None:
-        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-    ctl("add_vhost", name)
-    try:
-        ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"{amqp.rstrip('/')}/{name}"
-    finally:
-        ctl("delete_vhost", name)
 
 
 class Children:
@@ -168,7 +146,9 @@ def cuts_in(log: Path, start: float, end: float) -> list[float]:
     return found
 
 
-async def one_run(kind: str, args: argparse.Namespace, amqp_url: str, workdir: Path) -> dict:
+async def one_run(
+    kind: str, args: argparse.Namespace, amqp_url: str, workdir: Path
+) -> dict[str, Any]:
     children = Children(workdir)
     try:
         return await _measure(kind, args, amqp_url, workdir, children)
@@ -178,7 +158,7 @@ async def one_run(kind: str, args: argparse.Namespace, amqp_url: str, workdir: P
 
 async def _measure(
     kind: str, args: argparse.Namespace, amqp_url: str, workdir: Path, children: Children
-) -> dict:
+) -> dict[str, Any]:
     port = free_port()
     sandbox_url = f"http://127.0.0.1:{port}"
     config = {
@@ -192,18 +172,9 @@ async def _measure(
     sandbox_cmd = [sys.executable, "-m", "wa_consumer.sandbox", "--port", str(port)]
     children.spawn("sandbox", [*sandbox_cmd, "--config", "sandbox.json"], dict(os.environ))
 
-    tag = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
         "amqp_url": amqp_url,
-        "exchange": f"wx-{tag}",
-        "dead_letter_exchange": f"dlx-{tag}",
-        "queue": f"main-{tag}",
-        "dead_letter_queue": f"failed-{tag}",
-        "retry_queue_prefix": f"retry-{tag}-",
-        "webhook_exchange": f"whx-{tag}",
-        "webhook_queue": f"webhooks-{tag}",
-        "webhook_failed_queue": f"webhooks-failed-{tag}",
-        "inbound_messages_queue": f"inbound-{tag}",
+        **unique_names(),
         "graph_api_url": sandbox_url,
         "tenant_service_url": sandbox_url,
         "number_rate": args.daemon_rate,
@@ -212,8 +183,8 @@ async def _measure(
     }
     if args.redis:
         values["redis_url"] = args.redis
-        values["redis_prefix"] = f"wa-adaptive-{tag}:"
-    settings = Settings(_env_file=None, **{k: v for k, v in values.items()})  # type: ignore[call-arg]
+        values["redis_prefix"] = f"wa-adaptive-{secrets.token_hex(4)}:"
+    settings = Settings(_env_file=None, **{k: v for k, v in values.items()})
 
     async with http() as session:
         await poll(lambda: _ok(session, f"{sandbox_url}/_sandbox/stats"), 20, "sandbox start")
@@ -319,7 +290,8 @@ def show(row: dict[str, Any]) -> str:
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with scratch_vhost(args.amqp) as amqp_url:
+    with bench_vhost() as vhost:
+        amqp_url = f"{args.amqp.rstrip('/')}/{vhost}"
         for round_no in range(1, args.repeat + 1):
             for kind in args.kinds:
                 with tempfile.TemporaryDirectory(prefix="adaptive-bench-") as tmp:

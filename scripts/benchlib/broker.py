@@ -67,6 +67,22 @@ def amqp_url(vhost: str) -> str:
     return f"amqp://guest:guest@{BROKER}/{vhost}"
 
 
+def unique_names() -> dict[str, str]:
+    """Every broker name a daemon declares (settings field: name), unique to one measurement."""
+    tag = secrets.token_hex(4)
+    return {
+        "exchange": f"wx-{tag}",
+        "dead_letter_exchange": f"dlx-{tag}",
+        "queue": f"main-{tag}",
+        "dead_letter_queue": f"failed-{tag}",
+        "retry_queue_prefix": f"retry-{tag}-",
+        "webhook_exchange": f"whx-{tag}",
+        "webhook_queue": f"webhooks-{tag}",
+        "webhook_failed_queue": f"webhooks-failed-{tag}",
+        "inbound_messages_queue": f"inbound-{tag}",
+    }
+
+
 def envelope(i: int, tenant: str) -> dict[str, Any]:
     """A text message as producers publish it (the shape of the integration tests')."""
     return {

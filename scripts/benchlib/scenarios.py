@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -89,6 +88,7 @@ from pydantic import SecretStr
 
 from wa_consumer.settings import Settings
 
+from .broker import unique_names
 from .common import free_port
 
 ORDER = (
@@ -325,18 +325,9 @@ def overrides(
     A TLS scenario sends to ``tls_url`` trusting ``ca_file``; the tenant service stays on
     ``sandbox_url``.
     """
-    tag = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
         "amqp_url": amqp_url,
-        "exchange": f"wx-{tag}",
-        "dead_letter_exchange": f"dlx-{tag}",
-        "queue": f"main-{tag}",
-        "dead_letter_queue": f"failed-{tag}",
-        "retry_queue_prefix": f"retry-{tag}-",
-        "webhook_exchange": f"whx-{tag}",
-        "webhook_queue": f"webhooks-{tag}",
-        "webhook_failed_queue": f"webhooks-failed-{tag}",
-        "inbound_messages_queue": f"inbound-{tag}",
+        **unique_names(),
         "graph_api_url": sandbox_url,
         "tenant_service_url": sandbox_url,
         "prefetch": scenario.prefetch,
