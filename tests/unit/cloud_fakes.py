@@ -295,6 +295,10 @@ class _Http2Refusal(asyncio.Protocol):
                 elif self._mode == "goaway":  # graceful, before this stream: not processed
                     self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=0)
                     close = True
+                elif self._mode == "goaway-covered":  # graceful, this stream included, then
+                    # the connection ends before its answer: it may have been processed
+                    self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=event.stream_id)
+                    close = True
                 elif self._mode == "goaway-error":  # this stream included: maybe processed
                     self._h2.close_connection(
                         ErrorCodes.INTERNAL_ERROR, last_stream_id=event.stream_id

@@ -244,6 +244,8 @@ async def test_the_total_timeout_counts_the_wait_for_a_free_connection(
         ("refuse", False, "unprocessed"),  # RST_STREAM REFUSED_STREAM
         ("goaway", False, "unprocessed"),  # GOAWAY (no error) below the stream's id
         ("reset", True, "disconnected"),  # RST_STREAM INTERNAL_ERROR: maybe processed
+        ("goaway-covered", True, "disconnected"),  # GOAWAY (no error) covering the stream,
+        # then the connection closed before its answer
         ("goaway-error", True, "disconnected"),  # GOAWAY with an error, the stream covered
     ],
 )
